@@ -80,8 +80,12 @@ def _settings(args):
     if args.command == "preview":
         return model, data, None, None
     overrides = {
-        "micro_batch_size": args.batch_size, "grad_accum_steps": args.grad_accum, "learning_rate": args.lr,
-        "warmup_steps": args.warmup_steps, "lr_scheduler": args.scheduler, "optimizer": args.optimizer,
+        "micro_batch_size": args.batch_size,
+        "grad_accum_steps": args.grad_accum,
+        "learning_rate": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "lr_scheduler": args.scheduler,
+        "optimizer": args.optimizer,
         "weight_decay": args.weight_decay,
     }
     fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
@@ -90,10 +94,13 @@ def _settings(args):
         fields["max_steps"] = args.max_steps or None
     lora = lora_for_device(device)
     lora = LoraSettings(
-        r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
         target_modules=tuple(args.target_modules.split(",")) if args.target_modules else lora.target_modules,
         use_rslora=args.rslora,
-        gradient_checkpointing=lora.gradient_checkpointing if args.gradient_checkpointing is None
+        gradient_checkpointing=lora.gradient_checkpointing
+        if args.gradient_checkpointing is None
         else args.gradient_checkpointing,
         seed=args.seed,
     )
@@ -129,10 +136,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "preview":
         from dataclasses import asdict
 
-        _print({"model": loaded.info.summary(), "columns": rows.mapping.as_dict(), "template": prepared.template,
-                "stats": asdict(prepared.stats)})
+        _print(
+            {
+                "model": loaded.info.summary(),
+                "columns": rows.mapping.as_dict(),
+                "template": prepared.template,
+                "stats": asdict(prepared.stats),
+            }
+        )
         for row in prepared.rows[: args.rows]:
-            _print({"segments": [{"text": text, "trained": trained} for text, trained in preview_row(loaded.tokenizer, row)]})
+            _print(
+                {
+                    "segments": [
+                        {"text": text, "trained": trained} for text, trained in preview_row(loaded.tokenizer, row)
+                    ]
+                }
+            )
         return 0
 
     from finetune.train import start_training

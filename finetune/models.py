@@ -9,18 +9,17 @@ folders. Backend: Unsloth's FastLanguageModel when it imports on a CUDA machine,
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from finetune.backend import unsloth_available
 from finetune.config import ModelSettings
 from finetune.embedded import embedded_model_dir
+from finetune.hub import hub_offline_mode, hub_reachable
 
 PRESETS = {
     "embedded": "SmolLM2-135M-Instruct, embedded: runs offline on CPU (default)",
@@ -69,6 +68,8 @@ class LoadedModel:
     info: ModelInfo
     settings: ModelSettings
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    start_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Guards only the busy check and the `job` swap, so a second start is answered at once."""
     job: object | None = None
     adapter_dir: Path | None = None
 
@@ -99,7 +100,9 @@ def load_model(settings: ModelSettings) -> LoadedModel:
     except ModelLoadError:
         raise
     except torch.cuda.OutOfMemoryError:
-        raise ModelLoadError(f"{settings.name}: out of GPU memory while loading; pick a smaller model or 4-bit") from None
+        raise ModelLoadError(
+            f"{settings.name}: out of GPU memory while loading; pick a smaller model or 4-bit"
+        ) from None
     except Exception as err:
         raise ModelLoadError(f"{settings.name}: could not be loaded ({type(err).__name__}: {err})") from err
     _ensure_pad_token(tokenizer)
@@ -147,15 +150,6 @@ def resolve_source(name: str) -> tuple[str, bool]:
     return name, True
 
 
-def _hub_endpoint_reachable(timeout: float = 3.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def check_hub_access(repo_id: str, token: str | None) -> None:
     """Fail fast with one sentence, instead of transformers' minute of retries and a traceback."""
     from huggingface_hub import model_info, try_to_load_from_cache
@@ -163,9 +157,9 @@ def check_hub_access(repo_id: str, token: str | None) -> None:
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # cached earlier: loads without the network
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline_mode():
         raise ModelLoadError(f"{repo_id}: not in the local cache, and HF_HUB_OFFLINE is set")
-    if not _hub_endpoint_reachable():
+    if not hub_reachable():
         raise ModelLoadError(
             f"{repo_id}: cannot be downloaded: the Hugging Face Hub cannot be reached from this machine "
             "(offline?) and the model is not in the local cache"

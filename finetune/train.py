@@ -32,7 +32,7 @@ def start_training(
     """Start a run in a background thread and return its job; TrainingBusy if one is running."""
     if not data.rows:
         raise ValueError(f"{data.name}: no rows left to train on (every row was dropped; raise max length)")
-    with loaded.lock:
+    with loaded.start_lock:
         if loaded.job is not None and loaded.job.running:
             raise TrainingBusy(loaded.job)
         job = TrainingJob(total_steps=planned_steps(len(data.rows), train), output_dir=str(output_dir))

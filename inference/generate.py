@@ -58,6 +58,21 @@ class Reply:
     """True when the generation was stopped by the caller before it ended."""
 
 
+def _counting_streamer(tokenizer):
+    """A TextIteratorStreamer that also counts the tokens generated (the decoded text cannot tell)."""
+    from transformers import TextIteratorStreamer
+
+    class CountingStreamer(TextIteratorStreamer):
+        generated = 0
+
+        def put(self, value):
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                self.generated += value.numel()
+            super().put(value)
+
+    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+
+
 class _StopOnEvent:
     """A stopping criterion that ends generation when the caller sets the event."""
 
@@ -76,7 +91,7 @@ def stream_reply(
     stop: threading.Event | None = None,
 ) -> Iterator[Reply]:
     """Yield the reply so far after each new piece of text; the last one has done=True."""
-    from transformers import StoppingCriteriaList, TextIteratorStreamer
+    from transformers import StoppingCriteriaList
 
     settings = settings or GenerationSettings()
     stop = stop or threading.Event()
@@ -88,7 +103,7 @@ def stream_reply(
     open_tag, close_tag = reasoning_tags(template)
     opened = prompt_opens_reasoning(prompt, template)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    streamer = _counting_streamer(tokenizer)
     sampling = settings.temperature > 0
     kwargs = dict(
         **inputs,
@@ -116,26 +131,40 @@ def stream_reply(
     started = time.perf_counter()
     thread = threading.Thread(target=generate, name="generate", daemon=True)
     thread.start()
-    text, pieces, thinking_seconds = "", 0, None
+    text, thinking_seconds = "", None
     for piece in streamer:
         text += piece
-        pieces += 1
         split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
         if split.closed and split.thinking and thinking_seconds is None:
             thinking_seconds = round(time.perf_counter() - started, 2)
-        yield Reply(split.thinking, split.answer, split.closed, False, pieces, time.perf_counter() - started,
-                    thinking_seconds)
+        yield Reply(
+            split.thinking,
+            split.answer,
+            split.closed,
+            False,
+            streamer.generated,
+            time.perf_counter() - started,
+            thinking_seconds,
+        )
     thread.join()
     if failure:
         raise failure[0]
     split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
-    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    yield Reply(split.thinking, split.answer, split.closed, True, tokens, round(time.perf_counter() - started, 2),
-                thinking_seconds, stopped=stop.is_set())
+    yield Reply(
+        split.thinking,
+        split.answer,
+        split.closed,
+        True,
+        streamer.generated,
+        round(time.perf_counter() - started, 2),
+        thinking_seconds,
+        stopped=stop.is_set(),
+    )
 
 
-def generate_reply(loaded: LoadedModel, question: str, settings: GenerationSettings | None = None,
-                   use_adapter: bool = True) -> Reply:
+def generate_reply(
+    loaded: LoadedModel, question: str, settings: GenerationSettings | None = None, use_adapter: bool = True
+) -> Reply:
     """The finished reply, for scripts and tests."""
     *_, final = stream_reply(loaded, question, settings, use_adapter)
     return final

@@ -1,0 +1,65 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from finetune.backend import import_unsloth_first  # noqa: E402
+
+import_unsloth_first()  # before anything imports transformers (a no-op without CUDA)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from finetune.config import LoraSettings, ModelSettings, TrainSettings  # noqa: E402
+
+R1_TEMPLATE = (ROOT / "configs" / "r1_chat_template.jinja").read_text()
+SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"
+
+
+@pytest.fixture
+def loaded():
+    """A freshly loaded embedded model (about a second from the converted cache)."""
+    from finetune.models import load_model
+
+    return load_model(ModelSettings())
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from finetune.embedded import embedded_model_dir
+
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+def quick_train(max_steps: int = 10, **overrides) -> TrainSettings:
+    """A CPU run small enough for tests: short rows, no warm-up, a high learning rate."""
+    fields = dict(
+        micro_batch_size=2,
+        grad_accum_steps=1,
+        warmup_steps=0,
+        max_steps=max_steps,
+        learning_rate=2e-3,
+        optimizer="adamw_torch",
+        max_length=160,
+    )
+    fields.update(overrides)
+    return TrainSettings(**fields)
+
+
+def quick_lora() -> LoraSettings:
+    return LoraSettings(r=8, alpha=16, gradient_checkpointing=False)
+
+
+def mean_loss(model, rows) -> float:
+    """Loss on fixed rows, the same measurement before and after training."""
+    model.eval()
+    with torch.no_grad():
+        losses = [model(input_ids=torch.tensor([r.input_ids]), labels=torch.tensor([r.labels])).loss for r in rows]
+    return float(torch.stack(losses).mean())
+
+
+def lora_b_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}

@@ -1,0 +1,91 @@
+"""The two command lines, run as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("cli") / "run"
+    result = run(
+        "finetune",
+        "train",
+        "--model",
+        "embedded",
+        "--dataset",
+        "sample",
+        "--max-steps",
+        "3",
+        "--max-length",
+        "160",
+        "--max-rows",
+        "12",
+        "--output",
+        str(output),
+    )
+    return result, output
+
+
+def test_train_prints_a_json_line_per_step_then_the_result(cli_run):
+    result, output = cli_run
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["step"] for line in lines[:-1]] == [1, 2, 3]
+    final = lines[-1]
+    assert final["status"] == "done" and final["steps"] == 3
+    assert final["loss_first"] == lines[0]["loss"] and final["loss_last"] == lines[-2]["loss"]
+    assert final["adapter"] == str(output / "adapter") and (output / "adapter" / "adapter_config.json").is_file()
+
+
+def test_inference_json_with_the_trained_adapter(cli_run):
+    _, output = cli_run
+    result = run(
+        "inference",
+        "--model",
+        "embedded",
+        "--adapter",
+        str(output),
+        "--json",
+        "--max-new-tokens",
+        "16",
+        "What causes a fever?",
+    )
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert set(reply) >= {"thinking", "answer"} and (reply["thinking"] or reply["answer"])
+
+
+def test_inference_streams_to_the_terminal():
+    result = run("inference", "--max-new-tokens", "12", "--temperature", "0", "What is sepsis?")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("[answer]\n") and len(result.stdout) > len("[answer]\n") + 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "missing.jsonl"], "missing.jsonl: no such file"),
+        (["--dataset", "pyproject.toml"], "unsupported file type '.toml'"),
+        (["--model", "./nowhere"], "no such local folder"),
+        (["--max-steps", "ten"], "invalid int value: 'ten'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = run("finetune", "train", "--output", str(tmp_path / "x"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_file_content_names_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"Question": "q", "Response": "a"}\n{"Question": \n')
+    result = run("finetune", "train", "--dataset", str(bad), "--output", str(tmp_path / "x"))
+    assert result.returncode == 2 and "bad.jsonl: malformed JSON on line 2" in result.stderr

@@ -1,0 +1,47 @@
+"""Streaming chat keeps reasoning and answer apart, and can be stopped."""
+
+import copy
+import threading
+
+from conftest import R1_TEMPLATE
+
+from inference.generate import GenerationSettings, stream_reply
+
+
+def test_r1_prompt_streams_into_the_thinking_until_it_closes(loaded):
+    loaded.tokenizer = copy.deepcopy(loaded.tokenizer)
+    loaded.tokenizer.chat_template = R1_TEMPLATE  # prompt ends with "<think>\n", like R1-distill models
+    replies = list(stream_reply(loaded, "What is sepsis?", GenerationSettings(max_new_tokens=12, temperature=0)))
+    assert len(replies) > 2 and replies[-1].done and not any(r.done for r in replies[:-1])
+    final = replies[-1]
+    assert final.tokens == 12
+    # The base model never writes </think>: everything it said is reasoning, still open at the limit.
+    assert final.thinking and final.answer == "" and not final.thinking_done
+    grown = [len(r.thinking) for r in replies]
+    assert grown == sorted(grown)
+
+
+def test_chatml_model_without_think_gives_a_plain_answer(loaded):
+    final = list(stream_reply(loaded, "What is sepsis?", GenerationSettings(max_new_tokens=10, temperature=0)))[-1]
+    assert final.answer and final.thinking == "" and final.thinking_done
+
+
+def test_same_seed_same_sampled_answer(loaded):
+    settings = GenerationSettings(max_new_tokens=12, temperature=0.6, top_p=0.95, seed=7)
+    answers = [list(stream_reply(loaded, "Define anemia.", settings))[-1].answer for _ in range(2)]
+    assert answers[0] == answers[1]
+
+
+def test_stop_ends_generation_early(loaded):
+    stop = threading.Event()
+    replies = []
+    for reply in stream_reply(loaded, "Explain heart failure.", GenerationSettings(max_new_tokens=200), stop=stop):
+        replies.append(reply)
+        stop.set()
+    assert replies[-1].done and replies[-1].stopped and replies[-1].tokens < 200
+
+
+def test_r1_defaults():
+    settings = GenerationSettings()
+    assert (settings.temperature, settings.top_p, settings.system_prompt) == (0.6, 0.95, "")
+    assert settings.max_new_tokens >= 1024

@@ -1,0 +1,153 @@
+"""The LoRA SFT job on the embedded model on CPU: it learns, saves an adapter that reloads, stops,
+refuses a second start, survives a failure, and still trains after a chat (4-bit too)."""
+
+import json
+
+import pytest
+import torch
+from conftest import lora_b_weights, mean_loss, quick_lora, quick_train
+
+from finetune.adapters import load_adapter
+from finetune.config import DataSettings, ModelSettings
+from finetune.formats import prepare_dataset
+from finetune.job import TrainingBusy
+from finetune.models import load_model
+from finetune.train import start_training
+from inference.generate import GenerationSettings, ModelBusy, generate_reply
+
+GREEDY = GenerationSettings(max_new_tokens=24, temperature=0.0)
+QUESTION = "A 30-year-old woman has palpitations, weight loss and a fine tremor. What test comes first?"
+
+
+def sample(tokenizer, rows=24, max_length=160):
+    return prepare_dataset(DataSettings(source="sample", max_rows=rows), tokenizer, max_length)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One 10-step run shared by the tests that inspect its result."""
+    loaded = load_model(ModelSettings())
+    data = sample(loaded.tokenizer)
+    base_reply = generate_reply(loaded, QUESTION, GREEDY)
+    before = mean_loss(loaded.model, data.rows[:8])
+    output = tmp_path_factory.mktemp("run")
+    job = start_training(loaded, data, quick_train(10), quick_lora(), output)
+    assert job.wait(timeout=600)
+    return loaded, data, job, output, before, base_reply
+
+
+def test_ten_steps_lower_the_loss_on_the_same_rows(trained_run):
+    loaded, data, job, _, before, _ = trained_run
+    assert job.status == "done", job.error
+    assert [m["step"] for m in job.metrics] == list(range(1, 11))
+    assert mean_loss(loaded.model, data.rows[:8]) < before - 0.1
+
+
+def test_every_step_reports_its_metrics(trained_run):
+    _, _, job, _, _, _ = trained_run
+    last = job.metrics[-1]
+    assert set(last) >= {
+        "step",
+        "total_steps",
+        "loss",
+        "learning_rate",
+        "grad_norm",
+        "tokens_per_s",
+        "elapsed_s",
+        "eta_s",
+    }
+    assert last["total_steps"] == 10 and last["eta_s"] == 0 and last["tokens_per_s"] > 0
+    assert list(job.follow()) == job.metrics  # a late listener gets the whole history
+
+
+def test_run_folder_holds_adapter_tokenizer_and_record(trained_run):
+    _, _, job, output, _, _ = trained_run
+    assert (output / "adapter" / "adapter_config.json").is_file()
+    assert (output / "adapter" / "tokenizer.json").is_file()
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "done" and record["steps"] == 10 and len(record["metrics"]) == 10
+    assert record["lora"]["r"] == 8 and record["dataset"]["template"] == "chat"
+    assert job.result["adapter"] == str(output / "adapter")
+
+
+def test_base_is_the_same_model_with_the_adapter_off(trained_run):
+    loaded, _, _, _, _, base_reply = trained_run
+    assert generate_reply(loaded, QUESTION, GREEDY, use_adapter=False).answer == base_reply.answer
+    assert generate_reply(loaded, QUESTION, GREEDY, use_adapter=True).answer != base_reply.answer
+
+
+def test_saved_adapter_reloads_and_changes_the_output(trained_run):
+    _, _, _, output, _, base_reply = trained_run
+    fresh = load_model(ModelSettings())
+    load_adapter(fresh, output)
+    tuned = generate_reply(fresh, QUESTION, GREEDY)
+    assert tuned.answer != base_reply.answer
+    assert generate_reply(fresh, QUESTION, GREEDY, use_adapter=False).answer == base_reply.answer
+
+
+def test_stop_ends_after_the_current_step_and_keeps_the_adapter(loaded, tmp_path):
+    job = start_training(loaded, sample(loaded.tokenizer, 8, 144), quick_train(200), quick_lora(), tmp_path)
+    next(job.follow())  # the first step is done
+    job.stop()
+    assert job.wait(timeout=120)
+    assert job.status == "stopped" and job.result["status"] == "stopped"
+    assert 1 <= job.result["steps"] < 200
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+
+
+def test_second_start_is_busy_and_chat_waits(loaded, tmp_path):
+    data = sample(loaded.tokenizer, 8, 144)
+    job = start_training(loaded, data, quick_train(200), quick_lora(), tmp_path / "a")
+    try:
+        with pytest.raises(TrainingBusy, match=r"busy: a training job is already running \(step \d+/200\)") as err:
+            start_training(loaded, data, quick_train(5), quick_lora(), tmp_path / "b")
+        assert err.value.job is job
+        with pytest.raises(ModelBusy):
+            generate_reply(loaded, QUESTION, GREEDY)
+    finally:
+        job.stop()
+        job.wait(timeout=120)
+
+
+def test_failed_run_reports_why_and_the_model_still_answers(loaded, tmp_path):
+    job = start_training(
+        loaded, sample(loaded.tokenizer, 4, 144), quick_train(2, optimizer="no_such_optimizer"), quick_lora(), tmp_path
+    )
+    assert job.wait(timeout=120)
+    assert job.status == "failed" and "no_such_optimizer" in job.error
+    assert generate_reply(loaded, QUESTION, GREEDY).answer
+
+
+@pytest.mark.parametrize("four_bit", [False, True], ids=["fp32", "4bit"])
+def test_chat_then_train_updates_every_lora_layer(four_bit, tmp_path):
+    loaded = load_model(ModelSettings(load_in_4bit=four_bit))
+    generate_reply(loaded, QUESTION, GREEDY)  # on CPU, 4-bit weights get repacked for inference here
+    job = start_training(loaded, sample(loaded.tokenizer, 4, 144), quick_train(2), quick_lora(), tmp_path)
+    assert job.wait(timeout=300) and job.status == "done", job.error
+    weights = lora_b_weights(loaded.model)  # LoRA B starts at zero: non-zero means it got gradients
+    assert weights and all(w.abs().sum() > 0 for w in weights.values()), [n for n, w in weights.items() if not w.any()]
+    assert generate_reply(loaded, QUESTION, GREEDY).done  # and chat works again afterwards
+
+
+def test_second_run_starts_from_a_fresh_adapter(loaded, tmp_path):
+    data = sample(loaded.tokenizer, 4, 144)
+    for name in ("first", "second"):
+        job = start_training(loaded, data, quick_train(1), quick_lora(), tmp_path / name)
+        assert job.wait(timeout=120) and job.status == "done", job.error
+    adapters = list(loaded.model.peft_config)
+    assert adapters == ["default"]
+    assert not any("base_layer.base_layer" in n for n, _ in loaded.model.named_modules())  # no LoRA on LoRA
+
+
+def test_empty_dataset_is_refused(loaded, tmp_path):
+    data = sample(loaded.tokenizer, 4, 144)
+    data.rows = []
+    with pytest.raises(ValueError, match="no rows left to train on"):
+        start_training(loaded, data, quick_train(1), quick_lora(), tmp_path)
+
+
+def test_lora_weights_are_trainable_only(trained_run):
+    loaded, _, _, _, _, _ = trained_run
+    trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert torch.is_grad_enabled()
