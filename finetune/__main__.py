@@ -156,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune.train import start_training
 
+    # What was loaded and what will be trained, for the person at the terminal (stdout stays JSON).
+    print(f"model: {loaded.info.summary()}", file=sys.stderr)
+    stats = prepared.stats
+    print(
+        f"data: {prepared.name}, {stats.rows} rows, {stats.truncated} truncated and {stats.dropped} dropped "
+        f"at max length {stats.max_length}, template {prepared.template}",
+        file=sys.stderr,
+    )
+
     try:
         job = start_training(loaded, prepared, train, lora, args.output)
     except (TrainingBusy, ValueError) as err:

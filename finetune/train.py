@@ -61,6 +61,10 @@ def _run_job(loaded, data, train, lora, output_dir, job) -> None:
         job.finish("failed", error=explain_failure(err, train))
     finally:
         loaded.model.eval()
+        if loaded.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()  # hand back what a failed (e.g. out-of-memory) step held
 
 
 def run_training(
