@@ -48,7 +48,11 @@ def _attach_with_peft(model, lora: LoraSettings):
     if len(missing) == len(lora.target_modules):
         raise ValueError(f"none of the LoRA target modules {list(lora.target_modules)} exist in this model")
     if getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "_finetune_kbit_ready", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=lora.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=lora.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
         model._finetune_kbit_ready = True
     elif lora.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
