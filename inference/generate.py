@@ -132,20 +132,24 @@ def stream_reply(
     thread = threading.Thread(target=generate, name="generate", daemon=True)
     thread.start()
     text, thinking_seconds = "", None
-    for piece in streamer:
-        text += piece
-        split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
-        if split.closed and split.thinking and thinking_seconds is None:
-            thinking_seconds = round(time.perf_counter() - started, 2)
-        yield Reply(
-            split.thinking,
-            split.answer,
-            split.closed,
-            False,
-            streamer.generated,
-            time.perf_counter() - started,
-            thinking_seconds,
-        )
+    try:
+        for piece in streamer:
+            text += piece
+            split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
+            if split.closed and split.thinking and thinking_seconds is None:
+                thinking_seconds = round(time.perf_counter() - started, 2)
+            yield Reply(
+                split.thinking,
+                split.answer,
+                split.closed,
+                False,
+                streamer.generated,
+                time.perf_counter() - started,
+                thinking_seconds,
+            )
+    except GeneratorExit:  # the caller went away (a closed page): free the model for others
+        stop.set()
+        raise
     thread.join()
     if failure:
         raise failure[0]

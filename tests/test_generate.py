@@ -45,3 +45,11 @@ def test_r1_defaults():
     settings = GenerationSettings()
     assert (settings.temperature, settings.top_p, settings.system_prompt) == (0.6, 0.95, "")
     assert settings.max_new_tokens >= 1024
+
+
+def test_abandoned_stream_stops_and_frees_the_model(loaded):
+    replies = stream_reply(loaded, "Explain heart failure.", GenerationSettings(max_new_tokens=1000, temperature=0))
+    next(replies)
+    replies.close()  # e.g. the page was closed mid-answer
+    assert loaded.lock.acquire(timeout=10)  # it ended, instead of running 1000 tokens on (~50 s)
+    loaded.lock.release()
