@@ -6,7 +6,7 @@ recipe that finishes in a few minutes on two cores with the embedded model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -125,7 +125,3 @@ class DataSettings:
     def __post_init__(self) -> None:
         if self.template not in ("chat", "plain"):
             raise ValueError(f"template must be 'chat' or 'plain', not {self.template!r}")
-
-
-def as_dict(settings) -> dict:
-    return asdict(settings)

@@ -13,10 +13,9 @@ def hub_offline_mode() -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    port = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).port or 443
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout).close()
         return True
     except OSError:
         return False

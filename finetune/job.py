@@ -16,8 +16,11 @@ class TrainingBusy(RuntimeError):
 
     def __init__(self, job: TrainingJob):
         self.job = job
-        step = job.metrics[-1]["step"] if job.metrics else 0
-        super().__init__(f"busy: a training job is already running (step {step}/{job.total_steps}); stop it first")
+        progress = job.progress()
+        super().__init__(
+            f"busy: a training job is already running (step {progress['step']}/{progress['total_steps']}); "
+            "stop it first"
+        )
 
 
 class TrainingJob:
