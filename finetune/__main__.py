@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     from finetune.data import DatasetError, load_examples
-    from finetune.formats import preview_row, tokenize_examples
+    from finetune.formats import preview_row, tokenize_rows
     from finetune.job import TrainingBusy
     from finetune.models import ModelLoadError, load_model
 
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         # The data is read and checked before the model loads, so a bad file fails in a second.
         rows = load_examples(data.source, data.columns, data.split, data.max_rows)
         loaded = load_model(model_settings)
-        prepared = tokenize_examples(
-            loaded.tokenizer, rows.examples, data.template, model_settings.max_length, data.system_prompt, rows.name
-        )
+        prepared = tokenize_rows(rows, data, loaded.tokenizer, model_settings.max_length)
     except (DatasetError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -139,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         _print(
             {
                 "model": loaded.info.summary(),
-                "columns": rows.mapping.as_dict(),
+                "columns": prepared.columns,
                 "template": prepared.template,
                 "stats": asdict(prepared.stats),
             }

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from finetune.config import DataSettings
-from finetune.data import Example, load_examples
+from finetune.data import Example, LoadedRows, load_examples
 from inference.think import THINK_CLOSE, THINK_OPEN
 
 IGNORE_INDEX = -100
@@ -179,7 +179,13 @@ def preview_row(tokenizer, row: TokenizedRow) -> list[tuple[str, bool]]:
 
 def prepare_dataset(data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
     """Read, map and tokenize a dataset: exactly what a run will train on."""
-    loaded = load_examples(data.source, data.columns, data.split, data.max_rows)
-    prepared = tokenize_examples(tokenizer, loaded.examples, data.template, max_length, data.system_prompt, loaded.name)
-    prepared.columns = loaded.mapping.as_dict()
+    return tokenize_rows(
+        load_examples(data.source, data.columns, data.split, data.max_rows), data, tokenizer, max_length
+    )
+
+
+def tokenize_rows(rows: LoadedRows, data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
+    """Tokenize rows already read (the CLI reads and checks them before the model loads)."""
+    prepared = tokenize_examples(tokenizer, rows.examples, data.template, max_length, data.system_prompt, rows.name)
+    prepared.columns = rows.mapping.as_dict()
     return prepared
