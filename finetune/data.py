@@ -269,6 +269,15 @@ def to_examples(rows: list[dict], mapping: ColumnMap, name: str) -> list[Example
 
 
 @dataclass
+class RawRows:
+    """A dataset as read, before its columns are mapped: read once, mapped as often as the user likes."""
+
+    name: str
+    rows: list[dict]
+    columns: list[str]
+
+
+@dataclass
 class LoadedRows:
     name: str
     rows: list[dict]
@@ -277,10 +286,8 @@ class LoadedRows:
     examples: list[Example]
 
 
-def load_examples(
-    source: str, columns: dict[str, str] | None = None, split: str = "train[0:500]", max_rows: int | None = None
-) -> LoadedRows:
-    """Read a preset or a file and map its columns: the whole input side of a run."""
+def read_source(source: str, split: str = "train[0:500]", max_rows: int | None = None) -> RawRows:
+    """Read a preset ('sample', 'medical-o1', ...) or a file into raw rows and their column names."""
     if source == "sample":
         name, rows = SAMPLE_FILE.name, read_records(SAMPLE_FILE)
     elif source in HUB_PRESETS:
@@ -290,6 +297,17 @@ def load_examples(
         name, rows = Path(source).name, read_records(source)
     if max_rows is not None:
         rows = rows[:max_rows]
-    found = list(dict.fromkeys(key for row in rows for key in row))
-    mapping = resolve_columns(found, columns or {}, name)
-    return LoadedRows(name, rows, found, mapping, to_examples(rows, mapping, name))
+    return RawRows(name, rows, list(dict.fromkeys(key for row in rows for key in row)))
+
+
+def map_columns(raw: RawRows, columns: dict[str, str] | None = None) -> LoadedRows:
+    """Apply the detected column mapping (with the user's overrides) and build the examples."""
+    mapping = resolve_columns(raw.columns, columns or {}, raw.name)
+    return LoadedRows(raw.name, raw.rows, raw.columns, mapping, to_examples(raw.rows, mapping, raw.name))
+
+
+def load_examples(
+    source: str, columns: dict[str, str] | None = None, split: str = "train[0:500]", max_rows: int | None = None
+) -> LoadedRows:
+    """Read a preset or a file and map its columns: the whole input side of a run."""
+    return map_columns(read_source(source, split, max_rows), columns)

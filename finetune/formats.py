@@ -14,6 +14,7 @@ prompt tokens get label -100 so only the reasoning and answer are trained.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from finetune.config import DataSettings
@@ -40,12 +41,22 @@ def effective_template(template: str, tokenizer) -> str:
     return template if template == "plain" or getattr(tokenizer, "chat_template", None) else "plain"
 
 
-def build_prompt(tokenizer, question: str, template: str = "chat", system_prompt: str = "") -> str:
-    """The prompt text, identical for training and inference."""
+def build_prompt(
+    tokenizer, question: str, template: str = "chat", system_prompt: str = "", history: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The prompt text, identical for training and inference.
+
+    `history` holds earlier (question, answer) turns of a chat. Answers only: like DeepSeek's own
+    chat, earlier reasoning is not fed back.
+    """
     if effective_template(template, tokenizer) == "plain":
         role = system_prompt or PLAIN_ROLE
-        return f"### Role:\n{role}\n\n### Question:\n{question}\n\n{PLAIN_OPEN}\n"
+        turns = "".join(f"### Question:\n{q}\n\n{PLAIN_CLOSE}\n{a}\n\n" for q, a in history)
+        return f"### Role:\n{role}\n\n{turns}### Question:\n{question}\n\n{PLAIN_OPEN}\n"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for earlier_question, earlier_answer in history:
+        messages.append({"role": "user", "content": earlier_question})
+        messages.append({"role": "assistant", "content": earlier_answer})
     messages.append({"role": "user", "content": question})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

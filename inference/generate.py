@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +54,8 @@ class Reply:
     tokens: int
     seconds: float
     thinking_seconds: float | None = None
+    thinking_tokens: int | None = None
+    """Tokens spent reasoning, once the reasoning is over."""
     stopped: bool = False
     """True when the generation was stopped by the caller before it ended."""
 
@@ -89,8 +91,12 @@ def stream_reply(
     settings: GenerationSettings | None = None,
     use_adapter: bool = True,
     stop: threading.Event | None = None,
+    history: Sequence[tuple[str, str]] = (),
 ) -> Iterator[Reply]:
-    """Yield the reply so far after each new piece of text; the last one has done=True."""
+    """Yield the reply so far after each new piece of text; the last one has done=True.
+
+    `history`: earlier (question, answer) turns of this conversation, oldest first.
+    """
     from transformers import StoppingCriteriaList
 
     settings = settings or GenerationSettings()
@@ -99,7 +105,7 @@ def stream_reply(
         raise ModelBusy("The model is being trained; chat is available again when the run ends or is stopped.")
     tokenizer = loaded.tokenizer
     template = effective_template(settings.template, tokenizer)
-    prompt = build_prompt(tokenizer, question, template, settings.system_prompt)
+    prompt = build_prompt(tokenizer, question, template, settings.system_prompt, history)
     open_tag, close_tag = reasoning_tags(template)
     opened = prompt_opens_reasoning(prompt, template)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
@@ -131,13 +137,14 @@ def stream_reply(
     started = time.perf_counter()
     thread = threading.Thread(target=generate, name="generate", daemon=True)
     thread.start()
-    text, thinking_seconds = "", None
+    text, thinking_seconds, thinking_tokens = "", None, None
     try:
         for piece in streamer:
             text += piece
             split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
             if split.closed and split.thinking and thinking_seconds is None:
                 thinking_seconds = round(time.perf_counter() - started, 2)
+                thinking_tokens = streamer.generated
             yield Reply(
                 split.thinking,
                 split.answer,
@@ -146,6 +153,7 @@ def stream_reply(
                 streamer.generated,
                 time.perf_counter() - started,
                 thinking_seconds,
+                thinking_tokens,
             )
     except GeneratorExit:  # the caller went away (a closed page): free the model for others
         stop.set()
@@ -162,6 +170,7 @@ def stream_reply(
         streamer.generated,
         round(time.perf_counter() - started, 2),
         thinking_seconds,
+        thinking_tokens,
         stopped=stop.is_set(),
     )
 

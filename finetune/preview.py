@@ -1,0 +1,100 @@
+"""What a dataset will become, shown before anything trains: rows, mapping, exact text, lengths.
+
+`read_upload` checks an uploaded file once (type, size) and reads it; `preview_dataset` maps and
+tokenizes it the way a run will, and summarizes it for a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune.config import DataSettings
+from finetune.data import FILE_TYPES, DatasetError, LoadedRows, RawRows, read_source
+from finetune.formats import LengthStats, preview_row, tokenize_rows
+
+MAX_UPLOAD_MB = 50
+ROLES = ("question", "reasoning", "answer", "context", "messages")
+
+
+def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
+    """Read an uploaded dataset file, refusing wrong types and oversized files with one sentence."""
+    path = Path(path)
+    if path.suffix.lower() not in FILE_TYPES:
+        raise DatasetError(
+            f"{path.name}: unsupported file type '{path.suffix or 'none'}'; upload one of {', '.join(FILE_TYPES)}"
+        )
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > max_mb:
+        raise DatasetError(f"{path.name}: {size_mb:.0f} MB is over the {max_mb:g} MB upload limit")
+    return read_source(str(path))
+
+
+@dataclass
+class DatasetPreview:
+    name: str
+    rows: int
+    columns: list[str]
+    mapping: dict[str, str]
+    table: list[list[str]]
+    """The first examples as (question, reasoning, answer), shortened for a table."""
+    segments: list[tuple[str, bool]] = field(default_factory=list)
+    """The exact training text of one row as (text, trained) pieces; empty without a tokenizer."""
+    stats: LengthStats | None = None
+    histogram: list[dict] = field(default_factory=list)
+    """Token length bins: {'tokens': label, 'rows': count, 'fits': 'fits' | 'truncated'}."""
+
+    def summary(self) -> str:
+        mapped = ", ".join(f"{role} ← `{column}`" for role, column in self.mapping.items())
+        lines = [f"**{self.name}**: {self.rows} rows; {mapped}."]
+        if self.stats is None:
+            lines.append("Load a model to see the exact training text and token lengths.")
+            return "\n\n".join(lines)
+        s = self.stats
+        lines.append(
+            f"Tokens per row: median {s.median:g}, 95th percentile {s.p95}, max {s.max}; "
+            f"{s.trained_tokens:,} trained tokens in all."
+        )
+        lines.append(
+            f"**{s.truncated} of {s.rows} rows are longer than {s.max_length} tokens and will be truncated**"
+            if s.truncated
+            else f"No row is longer than the max length ({s.max_length} tokens)."
+        )
+        if s.dropped:
+            lines.append(f"**{s.dropped} rows are left out**: their prompt alone fills the max length.")
+        return "\n\n".join(lines)
+
+
+def preview_dataset(
+    rows: LoadedRows, data: DataSettings, tokenizer=None, max_length: int = 2048, row_index: int = 0, shown: int = 5
+) -> DatasetPreview:
+    """Summarize mapped rows; with a tokenizer, also the exact training text and the token lengths."""
+    table = [[_shorten(e.question), _shorten(e.reasoning), _shorten(e.answer)] for e in rows.examples[:shown]]
+    preview = DatasetPreview(rows.name, len(rows.examples), rows.columns, rows.mapping.as_dict(), table)
+    if tokenizer is None:
+        return preview
+    prepared = tokenize_rows(rows, data, tokenizer, max_length)
+    if not prepared.rows:
+        raise DatasetError(f"{rows.name}: every row's prompt fills the max length ({max_length}); raise it")
+    row = prepared.rows[min(max(row_index, 0), len(prepared.rows) - 1)]
+    preview.segments = preview_row(tokenizer, row)
+    preview.stats = prepared.stats
+    preview.histogram = length_histogram(prepared.lengths, max_length)
+    return preview
+
+
+def length_histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[dict]:
+    """Rows per token-length bin up to max_length, plus one bin of the rows that will be truncated."""
+    width = -(-max_length // bins)
+    counts = [0] * (bins + 1)
+    for length in lengths:
+        counts[bins if length > max_length else min((max(length, 1) - 1) // width, bins - 1)] += 1
+    labels = [f"{i * width + 1}–{min((i + 1) * width, max_length)}" for i in range(bins)] + [f"> {max_length}"]
+    return [
+        {"tokens": label, "rows": count, "fits": "truncated" if i == bins else "fits"}
+        for i, (label, count) in enumerate(zip(labels, counts, strict=True))
+    ]
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

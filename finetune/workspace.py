@@ -1,0 +1,111 @@
+"""What a shared app holds: one loaded model and its latest training run.
+
+A Space gives its visitors one GPU, so there is one model and at most one run at a time, and every
+visitor sees the same ones. Each method is one thing a visitor does; each refusal is a
+`WorkspaceError` (or `TrainingBusy`) whose message can be shown as it is.
+
+    workspace = Workspace(Path("runs"))
+    workspace.load(ModelSettings("embedded"))
+    job = workspace.start_training(map_columns(read_source("sample")), DataSettings(), train, lora)
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
+from finetune.data import LoadedRows
+from finetune.formats import PreparedDataset, tokenize_rows
+from finetune.job import TrainingBusy, TrainingJob
+from finetune.models import LoadedModel, ModelInfo, load_model
+from finetune.train import start_training
+
+
+class WorkspaceError(RuntimeError):
+    """A visitor's request that cannot be done now; the message says why and what to do."""
+
+
+@dataclass
+class Workspace:
+    runs_dir: Path
+    loaded: LoadedModel | None = None
+    job: TrainingJob | None = None
+    """The latest run, kept after a new model loads so its plot stays on the dashboard."""
+    trained_template: str | None = None
+    """The template the current adapter learned: chat must prompt the same way."""
+    _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def training(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def load(self, settings: ModelSettings) -> ModelInfo:
+        """Load a model for everyone; the old one stays in use if the new one fails."""
+        if self.training:
+            raise TrainingBusy(self.job)
+        if not self._loading.acquire(blocking=False):
+            raise WorkspaceError("Another model is loading right now; wait for it to finish.")
+        try:
+            loaded = load_model(settings)
+            previous, self.loaded, self.trained_template = self.loaded, loaded, None
+            _free(previous)
+            return loaded.info
+        finally:
+            self._loading.release()
+
+    def require_model(self) -> LoadedModel:
+        if self.loaded is None:
+            raise WorkspaceError("No model loaded: load one in the Model tab first.")
+        return self.loaded
+
+    def prepare(self, rows: LoadedRows, data: DataSettings, max_length: int) -> PreparedDataset:
+        """Tokenize mapped rows with the loaded model's tokenizer: exactly what a run trains on."""
+        return tokenize_rows(rows, data, self.require_model().tokenizer, max_length)
+
+    def start_training(
+        self,
+        rows: LoadedRows | None,
+        data: DataSettings,
+        train: TrainSettings,
+        lora: LoraSettings,
+        run_name: str = "",
+    ) -> TrainingJob:
+        """Start a run on the loaded model; refuses clearly with no model, no data, or a run going on."""
+        loaded = self.require_model()
+        if rows is None:
+            raise WorkspaceError("No dataset: pick a preset or upload a file in the Dataset tab first.")
+        if self.training:
+            raise TrainingBusy(self.job)
+        prepared = self.prepare(rows, data, train.max_length)
+        output_dir = self.runs_dir / (_safe_name(run_name) or time.strftime("run-%Y%m%d-%H%M%S"))
+        self.job = start_training(loaded, prepared, train, lora, output_dir)
+        self.trained_template = prepared.template
+        return self.job
+
+    def stop_training(self) -> str:
+        if not self.training:
+            return "No training run is going on."
+        self.job.stop()
+        return "Stopping after the current step; the adapter trained so far will be saved."
+
+
+def _safe_name(name: str) -> str:
+    """A run name fit for a folder: letters, digits, '-', '_' and '.' only, no path tricks."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip())
+    return cleaned.strip(".-")[:64]
+
+
+def _free(loaded: LoadedModel | None) -> None:
+    if loaded is None:
+        return
+    device = loaded.device
+    del loaded
+    gc.collect()
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()

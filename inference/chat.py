@@ -1,0 +1,112 @@
+"""Chat panes: a streamed reply as chat messages, and base vs fine-tuned for the same question.
+
+Messages are plain dicts in the chat "messages" format ({"role", "content", "metadata"}), which
+Gradio's Chatbot shows as they are: a message with a metadata title is a collapsible bubble, open
+while its status is "pending" and closed once it is "done".
+
+    for panes in stream_chat(loaded, "What is the antidote for heparin?", GenerationSettings()):
+        print(panes["base"][-1]["content"], "|", panes["tuned"][-1]["content"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from finetune.models import LoadedModel
+from inference.generate import GenerationSettings, Reply, stream_reply
+
+PANES = {"base": False, "tuned": True}
+"""Pane name -> whether the LoRA adapter is on. Base is the same weights with the adapter off."""
+REASONING_TITLE = "Reasoning"
+NOTE = "ⓘ "
+"""Starts the app's own notes in a pane, which are never fed back to the model as answers."""
+NO_ADAPTER = NOTE + "No fine-tuned adapter yet: train one in the Train tab, then ask again."
+
+
+def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict]:
+    """The assistant messages for a reply so far: a reasoning bubble (if any) and the answer."""
+    messages = []
+    if reply.thinking or not reply.thinking_done:
+        thinking_over = reply.thinking_done or reply.done
+        tokens = reply.thinking_tokens if reply.thinking_tokens is not None else reply.tokens
+        seconds = reply.thinking_seconds if reply.thinking_seconds is not None else reply.seconds
+        messages.append(
+            {
+                "role": "assistant",
+                "content": reply.thinking or "…",
+                "metadata": {
+                    "title": REASONING_TITLE,
+                    "log": f"{tokens} tokens",
+                    "duration": round(seconds, 1),
+                    "status": "done" if thinking_over else "pending",
+                },
+            }
+        )
+    answer = reply.answer or (_missing_answer(reply, max_new_tokens) if reply.done else "")
+    if answer:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def _missing_answer(reply: Reply, max_new_tokens: int | None) -> str:
+    if reply.stopped:
+        return NOTE + "Stopped before the final answer."
+    if not reply.thinking_done:
+        limit = f" of {max_new_tokens} new tokens" if max_new_tokens else ""
+        return NOTE + f"No final answer: the reasoning was still going at the limit{limit}. Raise “Max new tokens”."
+    return NOTE + "The model gave no answer after its reasoning."
+
+
+def conversation(messages: Sequence[dict]) -> list[tuple[str, str]]:
+    """Earlier (question, answer) turns of a pane, from its messages; reasoning bubbles and notes left out."""
+    turns: list[tuple[str, str]] = []
+    question, answer = None, ""
+    for message in messages:
+        content = _text(message.get("content"))
+        if message.get("role") == "user":
+            if question is not None and answer:
+                turns.append((question, answer))
+            question, answer = content, ""
+        elif not (message.get("metadata") or {}).get("title") and not content.startswith(NOTE):
+            answer = f"{answer}\n\n{content}" if answer else content
+    if question is not None and answer:
+        turns.append((question, answer))
+    return turns
+
+
+def _text(content) -> str:
+    """Message content as text: a string, or a list of {'type': 'text', 'text': ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+def stream_chat(
+    loaded: LoadedModel,
+    question: str,
+    settings: GenerationSettings,
+    panes: Sequence[str] = ("base", "tuned"),
+    histories: dict[str, Sequence[tuple[str, str]]] | None = None,
+) -> Iterator[dict[str, list[dict]]]:
+    """Answer one question in each pane, one after the other (they share the weights), same seed.
+
+    Yields {pane: assistant messages so far} after every new piece of text.
+    """
+    question = question.strip()
+    if not question:
+        raise ValueError("Type a question first.")
+    unknown = [pane for pane in panes if pane not in PANES]
+    if unknown:
+        raise ValueError(f"unknown chat pane(s) {unknown}; use {list(PANES)}")
+    histories = histories or {}
+    shown: dict[str, list[dict]] = {pane: [] for pane in panes}
+    for pane in panes:
+        if PANES[pane] and not loaded.has_adapter:
+            shown[pane] = [{"role": "assistant", "content": NO_ADAPTER}]
+            yield dict(shown)
+            continue
+        for reply in stream_reply(loaded, question, settings, PANES[pane], history=histories.get(pane, ())):
+            shown[pane] = reply_messages(reply, settings.max_new_tokens)
+            yield dict(shown)
