@@ -276,6 +276,10 @@ class RawRows:
     rows: list[dict]
     columns: list[str]
 
+    def detected(self) -> dict[str, str]:
+        """The column guessed for each role, e.g. {'question': 'Question', 'reasoning': 'Complex_CoT'}."""
+        return detect_columns(self.columns).as_dict()
+
 
 @dataclass
 class LoadedRows:

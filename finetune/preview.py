@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import DataSettings
-from finetune.data import FILE_TYPES, DatasetError, LoadedRows, RawRows, read_source
+from finetune.data import FILE_TYPES, DatasetError, LoadedRows, RawRows, map_columns, read_source
 from finetune.formats import LengthStats, preview_row, tokenize_rows
 
 MAX_UPLOAD_MB = 50
@@ -30,8 +30,19 @@ def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
     return read_source(str(path))
 
 
+def read_dataset(source: str, upload: str | Path | None = None, split: str = "train[0:500]") -> RawRows:
+    """Read a preset, or the uploaded file when `source` is 'upload': the one read of a visitor's choice."""
+    if source != "upload":
+        return read_source(source, split)
+    if not upload:
+        raise DatasetError("No file uploaded yet: drop a .jsonl, .json, .csv or .parquet file above.")
+    return read_upload(upload)
+
+
 @dataclass
 class DatasetPreview:
+    loaded: LoadedRows
+    """The mapped rows: what Start trains on."""
     name: str
     rows: int
     columns: list[str]
@@ -66,11 +77,13 @@ class DatasetPreview:
 
 
 def preview_dataset(
-    rows: LoadedRows, data: DataSettings, tokenizer=None, max_length: int = 2048, row_index: int = 0, shown: int = 5
+    raw: RawRows, data: DataSettings, tokenizer=None, max_length: int = 2048, row_index: int = 0, shown: int = 5
 ) -> DatasetPreview:
-    """Summarize mapped rows; with a tokenizer, also the exact training text and the token lengths."""
+    """Map raw rows with `data.columns` and summarize them; with a tokenizer, also the exact training
+    text of row `row_index` (0-based) and the token lengths."""
+    rows = map_columns(raw, data.columns)
     table = [[_shorten(e.question), _shorten(e.reasoning), _shorten(e.answer)] for e in rows.examples[:shown]]
-    preview = DatasetPreview(rows.name, len(rows.examples), rows.columns, rows.mapping.as_dict(), table)
+    preview = DatasetPreview(rows, rows.name, len(rows.examples), rows.columns, rows.mapping.as_dict(), table)
     if tokenizer is None:
         return preview
     prepared = tokenize_rows(rows, data, tokenizer, max_length)

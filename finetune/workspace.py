@@ -14,7 +14,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
@@ -23,6 +24,8 @@ from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model
 from finetune.train import start_training
+from inference.chat import stream_chat
+from inference.generate import GenerationSettings
 
 
 class WorkspaceError(RuntimeError):
@@ -85,6 +88,19 @@ class Workspace:
         self.job = start_training(loaded, prepared, train, lora, output_dir)
         self.trained_template = prepared.template
         return self.job
+
+    def chat(
+        self,
+        question: str,
+        settings: GenerationSettings,
+        panes: Sequence[str] = ("base", "tuned"),
+        histories: dict[str, Sequence[tuple[str, str]]] | None = None,
+    ) -> Iterator[dict[str, list[dict]]]:
+        """Stream the answer of each pane; template 'auto' prompts the way the adapter was trained."""
+        loaded = self.require_model()
+        if settings.template == "auto":
+            settings = replace(settings, template=self.trained_template or "chat")
+        yield from stream_chat(loaded, question, settings, panes, histories)
 
     def stop_training(self) -> str:
         if not self.training:

@@ -36,7 +36,8 @@ class GenerationSettings:
     seed: int = 0
     system_prompt: str = ""
     template: str = "chat"
-    """'chat' or 'plain': must match the template the adapter was trained with."""
+    """'chat' or 'plain': must match the template the adapter was trained with ('auto' in the app: the
+    template of the latest run)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

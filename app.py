@@ -1,0 +1,393 @@
+"""The browser app: load a model, pick data, train with a live dashboard, chat base vs fine-tuned.
+
+    python app.py                   # http://127.0.0.1:7860, nothing loaded until you press Load
+    python app.py --preload embedded --host 0.0.0.0
+
+UI only. Each event calls one engine function (finetune/, inference/) and turns its result or its
+error message into components. Shared state (the model, the training run) lives in one
+`Workspace`; each visitor's own state (their dataset choice, their chat) in Gradio session state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import threading
+from pathlib import Path
+
+from finetune.backend import import_unsloth_first
+
+import_unsloth_first()  # before transformers is imported (a no-op without CUDA)
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device  # noqa: E402
+from finetune.dashboard import (  # noqa: E402
+    log_lines,
+    loss_rows,
+    optimizer_rows,
+    progress_fraction,
+    progress_line,
+)
+from finetune.data import DatasetError  # noqa: E402
+from finetune.job import TrainingBusy  # noqa: E402
+from finetune.models import PRESETS, ModelLoadError  # noqa: E402
+from finetune.preview import MAX_UPLOAD_MB, ROLES, preview_dataset, read_dataset  # noqa: E402
+from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
+from inference.chat import conversation  # noqa: E402
+from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
+
+TITLE = "Chain-of-thought fine-tuning"
+DISCLAIMER = (
+    "⚠️ **Not medical advice.** This is a research and teaching tool. Answers come from a language model "
+    "that can be wrong, and the bundled clinical examples are illustrative, not reviewed by clinicians. "
+    "Never use an output to diagnose or treat a patient."
+)
+EXAMPLE_QUESTIONS = [
+    "A 24-year-old has fever, neck stiffness and a petechial rash. What is the next step?",
+    "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?",
+    "A 30-year-old woman has palpitations, weight loss, heat intolerance and a diffuse goitre. What is the likely "
+    "diagnosis?",
+    "A 55-year-old smoker has crushing chest pain for 40 minutes and ST elevation in II, III and aVF. Which artery "
+    "is most likely occluded?",
+]
+SOURCES = [
+    ("Bundled sample: 64 clinical vignettes", "sample"),
+    ("medical-o1-reasoning-SFT, English (Hub)", "medical-o1"),
+    ("medical-o1-reasoning-SFT, Chinese (Hub)", "medical-o1-zh"),
+    ("Upload a file", "upload"),
+]
+TEMPLATES = [
+    ("The model's chat template, reasoning in a <think> block", "chat"),
+    ("### Question / ### Thinking Process / ### Clinical Assessment", "plain"),
+]
+CHAT_MODES = {"Base vs fine-tuned": ("base", "tuned"), "Fine-tuned only": ("tuned",), "Base only": ("base",)}
+NONE = "(none)"
+CSS = """
+.progress-track {height: 14px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
+  border-radius: 7px; overflow: hidden}
+.progress-fill {height: 100%; background: var(--color-accent)}
+"""
+# Errors a visitor can cause or fix: shown as a message, never as a traceback.
+VISITOR_ERRORS = (DatasetError, ModelLoadError, WorkspaceError, TrainingBusy, ModelBusy, ValueError)
+
+
+def build_app(workspace: Workspace, device: str) -> gr.Blocks:
+    train = TrainSettings.for_device(device)
+    lora = lora_for_device(device)
+    model_max_length = train.max_length
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nLoad a reasoning model, fine-tune it with LoRA on chain-of-thought data, and "
+                    f"compare its answers with the base model's.\n\n{DISCLAIMER}")
+        raw_state = gr.State(None)  # this visitor's dataset as read: read once, re-mapped freely
+        rows_state = gr.State(None)  # ... and mapped: what Start trains on
+
+        with gr.Tab("Model", id="model"):
+            with gr.Row():
+                model_name = gr.Dropdown(
+                    [(f"{name}: {about}", name) for name, about in PRESETS.items()],
+                    value="embedded",
+                    allow_custom_value=True,
+                    label="Model",
+                    info="A preset, any Hub repo id (owner/name), or a local model folder",
+                    scale=3,
+                )
+                load_4bit = gr.Checkbox(device == "cuda", label="Load in 4-bit (NF4)",
+                                        info="Pre-quantized repos are always 4-bit")
+                max_length = gr.Number(model_max_length, precision=0, minimum=64, maximum=32768,
+                                       label="Max length (tokens)",
+                                       info="Rows longer than this are truncated in training and preview")
+            with gr.Accordion("Advanced", open=False):
+                backend = gr.Radio(["auto", "hf", "unsloth"], value="auto", label="Backend",
+                                   info="auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT")
+            load_button = gr.Button("Load model", variant="primary")
+            model_status = gr.Markdown("No model loaded yet: pick one and press **Load model**.",
+                                       elem_id="model-status")
+
+        with gr.Tab("Dataset", id="dataset"):
+            with gr.Row():
+                source = gr.Radio(SOURCES, value="sample", label="Dataset", scale=2)
+                split = gr.Textbox("train[0:500]", label="Hub split (slice)", visible=False)
+            upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {MAX_UPLOAD_MB} MB)",
+                             visible=False, elem_id="dataset-upload")
+            with gr.Row():
+                role_pickers = [gr.Dropdown([NONE], value=NONE, label=f"{role} column", interactive=True)
+                                for role in ROLES]
+            with gr.Row():
+                template = gr.Radio(TEMPLATES, value="chat", label="Training text template", scale=2)
+                preview_index = gr.Number(1, precision=0, minimum=1, label="Preview row", scale=1)
+            system_prompt = gr.Textbox("", label="System prompt (optional)", lines=1)
+            dataset_status = gr.Markdown(elem_id="dataset-status")
+            examples_table = gr.Dataframe(headers=["question", "reasoning", "answer"], interactive=False,
+                                          wrap=True, max_height=320, label="First rows",
+                                          column_widths=["35%", "40%", "25%"])
+            training_text = gr.HighlightedText(
+                label="Exact training text of the preview row (highlighted: trained; the rest is the prompt, masked)",
+                color_map={"trained": "green"}, show_legend=True, elem_id="training-text",
+            )
+            histogram = gr.BarPlot(x="tokens", y="rows", color="fits", color_map={"fits": "#4c78a8",
+                                   "truncated": "#e45756"}, sort=None, label="Token lengths", height=240)
+
+        with gr.Tab("Train", id="train"):
+            with gr.Row():
+                max_steps = gr.Number(train.max_steps, precision=0, minimum=1, label="Max steps")
+                learning_rate = gr.Number(train.learning_rate, minimum=0, label="Learning rate")
+                micro_batch = gr.Slider(1, 32, train.micro_batch_size, step=1, label="Micro-batch size")
+                grad_accum = gr.Slider(1, 64, train.grad_accum_steps, step=1, label="Gradient accumulation")
+            with gr.Row():
+                lora_r = gr.Dropdown([4, 8, 16, 32, 64, 128], value=lora.r, label="LoRA rank r")
+                lora_alpha = gr.Number(lora.alpha, precision=0, minimum=1, label="LoRA alpha")
+                lora_dropout = gr.Number(lora.dropout, minimum=0, maximum=0.9, label="LoRA dropout")
+                warmup = gr.Number(train.warmup_steps, precision=0, minimum=0, label="Warm-up steps")
+            with gr.Row():
+                scheduler = gr.Dropdown(["linear", "cosine", "constant"], value=train.lr_scheduler,
+                                        label="LR schedule")
+                optimizer = gr.Dropdown(["adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor"],
+                                        value=train.optimizer, label="Optimizer")
+                checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
+                seed = gr.Number(train.seed, precision=0, label="Seed")
+                run_name = gr.Textbox("", label="Run name (folder under runs/)", placeholder="automatic")
+            with gr.Row():
+                start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
+                stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
+            progress_bar = gr.HTML(_progress_html(0.0), elem_id="train-progress")
+            train_status = gr.Markdown("No training run yet.", elem_id="train-status")
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="step", y="loss", color="curve", label="Loss (raw and smoothed)",
+                                        height=320, color_map={"raw": "#9ecae9", "smoothed": "#1f5fa8"},
+                                        elem_id="loss-plot")
+                lr_plot = gr.LinePlot(x="step", y="value", label="Learning rate", height=320)
+                grad_plot = gr.LinePlot(x="step", y="value", label="Gradient norm", height=320)
+            train_log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train-log")
+            timer = gr.Timer(1.0, active=False)
+
+        with gr.Tab("Chat", id="chat"):
+            gr.Markdown(DISCLAIMER)
+            mode = gr.Radio(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
+            with gr.Row():
+                base_chat = gr.Chatbot(label="Base model (adapter off)", elem_id="chat-base", height=460,
+                                       buttons=["copy"])
+                tuned_chat = gr.Chatbot(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
+                                        buttons=["copy"])
+            question = gr.Textbox(label="Question", placeholder="Describe a clinical case or ask a question…",
+                                  lines=2, elem_id="question")
+            with gr.Row():
+                send_button = gr.Button("Send", variant="primary", elem_id="send")
+                chat_stop_button = gr.Button("Stop", variant="stop", elem_id="stop-chat")
+                clear_button = gr.Button("Clear")
+            chat_status = gr.Markdown(elem_id="chat-status")
+            gr.Examples(EXAMPLE_QUESTIONS, inputs=question, label="Example questions")
+            with gr.Accordion("Generation settings (DeepSeek-R1 defaults)", open=False):
+                with gr.Row():
+                    max_new_tokens = gr.Slider(16, 8192, 1024 if device == "cuda" else 256, step=16,
+                                               label="Max new tokens")
+                    temperature = gr.Slider(0.0, 1.5, 0.6, step=0.05, label="Temperature (0: greedy)")
+                    top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="Top-p")
+                    repetition_penalty = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
+                    chat_seed = gr.Number(0, precision=0, label="Seed (same for both panes)")
+                with gr.Row():
+                    chat_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
+                                              ("### template", "plain")], value="auto", label="Prompt template")
+                    chat_system = gr.Textbox("", label="System prompt (R1 advice: leave empty)")
+
+        # ---------------------------------------------------------------------------------------
+        # Model
+
+        def load(name, four_bit, length, backend_name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            progress(0.1, desc=f"Loading {name}…")
+            try:
+                settings = ModelSettings(name=(name or "").strip() or "embedded", load_in_4bit=four_bit,
+                                         max_length=int(length), backend=backend_name)
+                return _model_markdown(workspace.load(settings))
+            except VISITOR_ERRORS as err:
+                return f"❌ {err}"
+
+        def model_status_now():
+            return _model_markdown(workspace.loaded.info) if workspace.loaded else model_status.value
+
+        # ---------------------------------------------------------------------------------------
+        # Dataset
+
+        def show_source(choice):
+            return gr.update(visible=choice in ("medical-o1", "medical-o1-zh")), gr.update(visible=choice == "upload")
+
+        def read(choice, file, hub_split):
+            """Read the choice once; the column pickers get its columns, pre-set to what was detected."""
+            try:
+                raw = read_dataset(choice, file, hub_split)
+            except VISITOR_ERRORS as err:
+                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"❌ {err}"
+            detected = raw.detected()
+            pickers = [gr.update(choices=[NONE, *raw.columns], value=detected.get(role, NONE)) for role in ROLES]
+            return raw, *pickers, ""
+
+        def preview(raw, *args):
+            *columns, template_name, system, length, row = args
+            if raw is None:
+                return None, gr.update(), None, None, None
+            data = DataSettings(
+                source=raw.name,
+                template=template_name,
+                columns={role: ("" if column == NONE else column) for role, column in zip(ROLES, columns, strict=True)},
+                system_prompt=system,
+            )
+            tokenizer = workspace.loaded.tokenizer if workspace.loaded else None
+            try:
+                shown = preview_dataset(raw, data, tokenizer, int(length or model_max_length), int(row or 1) - 1)
+            except VISITOR_ERRORS as err:
+                return None, f"❌ {err}", None, None, None
+            table = pd.DataFrame(shown.table, columns=["question", "reasoning", "answer"])
+            segments = [(text, "trained" if trained else None) for text, trained in shown.segments]
+            bars = None
+            if shown.histogram:  # bins in length order, not alphabetical
+                bars = gr.BarPlot(pd.DataFrame(shown.histogram), sort=[b["tokens"] for b in shown.histogram])
+            return shown.loaded, shown.summary(), table, segments or None, bars
+
+        # ---------------------------------------------------------------------------------------
+        # Training
+
+        def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
+                  optim, checkpoint, train_seed, name):
+            try:
+                train_settings = TrainSettings(
+                    micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),
+                    max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
+                    max_length=int(length or model_max_length), seed=int(train_seed or 0),
+                )
+                lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
+                                             gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
+                data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system)
+                workspace.start_training(rows, data, train_settings, lora_settings, name or "")
+            except VISITOR_ERRORS as err:
+                return f"❌ {err}", gr.Timer(active=workspace.training)
+            return "Starting…", gr.Timer(active=True)
+
+        def stop():
+            return workspace.stop_training()
+
+        def dashboard():
+            job = workspace.job
+            metrics = list(job.metrics) if job else []
+            losses = pd.DataFrame(loss_rows(metrics)) if metrics else None
+            series = pd.DataFrame(optimizer_rows(metrics)) if metrics else None
+            lr_frame = series[series.series == "learning rate"] if series is not None else None
+            grad_frame = series[series.series == "grad norm"] if series is not None else None
+            return (
+                _progress_html(progress_fraction(job)),
+                progress_line(job),
+                losses,
+                lr_frame,
+                grad_frame,
+                log_lines(job),
+                gr.Timer(active=workspace.training),
+            )
+
+        # ---------------------------------------------------------------------------------------
+        # Chat
+
+        def ask(text, base_messages, tuned_messages, mode_name, new_tokens, temp, nucleus, penalty, gen_seed,
+                prompt_template, system):
+            panes = CHAT_MODES[mode_name]
+            chats = {"base": list(base_messages or []), "tuned": list(tuned_messages or [])}
+            histories = {pane: conversation(chats[pane]) for pane in panes}
+            question_message = {"role": "user", "content": (text or "").strip()}
+            try:
+                settings = GenerationSettings(max_new_tokens=int(new_tokens), temperature=float(temp),
+                                              top_p=float(nucleus), repetition_penalty=float(penalty),
+                                              seed=int(gen_seed or 0), system_prompt=system,
+                                              template=prompt_template)
+                for shown in workspace.chat(text or "", settings, panes, histories):
+                    yield (*[chats[p] + ([question_message] + shown[p] if p in shown else []) for p in ("base",
+                           "tuned")], "", "")
+            except VISITOR_ERRORS as err:
+                yield chats["base"], chats["tuned"], text, f"❌ {err}"
+
+        def show_panes(mode_name):
+            panes = CHAT_MODES[mode_name]
+            return gr.update(visible="base" in panes), gr.update(visible="tuned" in panes)
+
+        # ---------------------------------------------------------------------------------------
+        # Wiring
+
+        load_event = load_button.click(load, [model_name, load_4bit, max_length, backend], model_status,
+                                       concurrency_id="model", concurrency_limit=1)
+        preview_inputs = [raw_state, *role_pickers, template, system_prompt, max_length, preview_index]
+        preview_outputs = [rows_state, dataset_status, examples_table, training_text, histogram]
+        load_event.then(preview, preview_inputs, preview_outputs)
+
+        source.change(show_source, source, [split, upload])
+        read_inputs = [source, upload, split]
+        read_outputs = [raw_state, *role_pickers, dataset_status]
+        for trigger in (source.change, upload.upload, upload.clear, split.submit):
+            trigger(read, read_inputs, read_outputs).then(preview, preview_inputs, preview_outputs)
+        for control in (*role_pickers, template):
+            control.input(preview, preview_inputs, preview_outputs)
+        for control in (system_prompt, preview_index, max_length):
+            control.submit(preview, preview_inputs, preview_outputs)
+        preview_index.change(preview, preview_inputs, preview_outputs)
+
+        start_button.click(
+            start,
+            [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
+             lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, checkpointing, seed, run_name],
+            [train_status, timer],
+        )
+        stop_button.click(stop, None, train_status)
+        dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, timer]
+        timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden")
+
+        chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
+                       repetition_penalty, chat_seed, chat_template, chat_system]
+        chat_outputs = [base_chat, tuned_chat, question, chat_status]
+        send_event = send_button.click(ask, chat_inputs, chat_outputs, concurrency_id="model", concurrency_limit=1)
+        submit_event = question.submit(ask, chat_inputs, chat_outputs, concurrency_id="model", concurrency_limit=1)
+        # Cancelling closes the stream; the engine then stops generating and frees the model.
+        chat_stop_button.click(None, None, None, cancels=[send_event, submit_event])
+        clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status])
+        mode.change(show_panes, mode, [base_chat, tuned_chat])
+
+        # A new or reloaded page shows the shared model and re-attaches to a running job.
+        demo.load(model_status_now, None, model_status)
+        demo.load(read, read_inputs, read_outputs).then(preview, preview_inputs, preview_outputs)
+        demo.load(dashboard, None, dashboard_outputs)
+    return demo
+
+
+def _model_markdown(info) -> str:
+    rows = [
+        ("Model", info.name), ("Backend", info.backend), ("Device", info.device), ("Dtype", info.dtype),
+        ("Quantization", info.quantization), ("Parameters", f"{info.parameters / 1e6:,.0f} M"),
+        ("Memory", f"{info.memory_gb:.2f} GB"), ("Loaded in", f"{info.load_seconds:.1f} s"),
+        ("Chat template", "yes" if info.chat_template else "none (the ### template is used)"),
+    ]
+    table = "\n".join(f"| {key} | {html.escape(str(value))} |" for key, value in rows)
+    return f"✅ **Loaded.**\n\n| | |\n|---|---|\n{table}"
+
+
+def _progress_html(fraction: float) -> str:
+    percent = round(100 * fraction)
+    return (f'<div class="progress-track" role="progressbar" aria-valuenow="{percent}" aria-valuemin="0" '
+            f'aria-valuemax="100"><div class="progress-fill" style="width: {percent}%"></div></div>')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=TITLE)
+    parser.add_argument("--host", default=None, help="default 127.0.0.1, or GRADIO_SERVER_NAME (0.0.0.0 on Spaces)")
+    parser.add_argument("--port", type=int, default=None, help="default 7860, or GRADIO_SERVER_PORT")
+    parser.add_argument("--runs-dir", default="runs", help="where runs (adapters, run.json) are saved")
+    parser.add_argument("--preload", default=None, help="load this model at start, e.g. 'embedded'")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    workspace = Workspace(Path(args.runs_dir))
+    if args.preload:  # in the background: the page is usable at once, and shows the model when it is ready
+        threading.Thread(target=workspace.load, args=(ModelSettings(args.preload),), daemon=True).start()
+    demo = build_app(workspace, device)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb", css=CSS,
+                theme=gr.themes.Soft())
+
+
+if __name__ == "__main__":
+    main()
