@@ -113,7 +113,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {MAX_UPLOAD_MB} MB)",
                              visible=False, elem_id="dataset-upload")
             with gr.Row():
-                role_pickers = [gr.Dropdown([NONE], value=NONE, label=f"{role} column", interactive=True)
+                role_pickers = [gr.Dropdown([NONE], value=NONE, label=f"{role} column", allow_custom_value=True)
                                 for role in ROLES]
             with gr.Row():
                 template = gr.Radio(TEMPLATES, value="chat", label="Training text template", scale=2)
@@ -312,46 +312,53 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         # Wiring
 
         load_event = load_button.click(load, [model_name, load_4bit, max_length, backend], model_status,
-                                       concurrency_id="model", concurrency_limit=1)
+                                       api_name="load_model", concurrency_id="model", concurrency_limit=1)
         preview_inputs = [raw_state, *role_pickers, template, system_prompt, max_length, preview_index]
         preview_outputs = [rows_state, dataset_status, examples_table, training_text, histogram]
-        load_event.then(preview, preview_inputs, preview_outputs)
+        load_event.then(preview, preview_inputs, preview_outputs, api_name=False)
 
-        source.change(show_source, source, [split, upload])
+        source.change(show_source, source, [split, upload], api_name=False)
         read_inputs = [source, upload, split]
         read_outputs = [raw_state, *role_pickers, dataset_status]
         for trigger in (source.change, upload.upload, upload.clear, split.submit):
-            trigger(read, read_inputs, read_outputs).then(preview, preview_inputs, preview_outputs)
+            trigger(read, read_inputs, read_outputs, api_name=False).then(
+                preview, preview_inputs, preview_outputs, api_name=False
+            )
         for control in (*role_pickers, template):
-            control.input(preview, preview_inputs, preview_outputs)
+            control.input(preview, preview_inputs, preview_outputs, api_name=False)
         for control in (system_prompt, preview_index, max_length):
-            control.submit(preview, preview_inputs, preview_outputs)
-        preview_index.change(preview, preview_inputs, preview_outputs)
+            control.submit(preview, preview_inputs, preview_outputs, api_name=False)
+        preview_index.change(preview, preview_inputs, preview_outputs, api_name="preview_dataset")
 
         start_button.click(
             start,
             [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
              lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, checkpointing, seed, run_name],
             [train_status, timer],
+            api_name="start_training",
         )
-        stop_button.click(stop, None, train_status)
+        stop_button.click(stop, None, train_status, api_name="stop_training")
         dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, timer]
-        timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden")
+        timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden", api_name="dashboard")
 
         chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
                        repetition_penalty, chat_seed, chat_template, chat_system]
         chat_outputs = [base_chat, tuned_chat, question, chat_status]
-        send_event = send_button.click(ask, chat_inputs, chat_outputs, concurrency_id="model", concurrency_limit=1)
-        submit_event = question.submit(ask, chat_inputs, chat_outputs, concurrency_id="model", concurrency_limit=1)
+        send_event = send_button.click(ask, chat_inputs, chat_outputs, api_name="chat", concurrency_id="model",
+                                       concurrency_limit=1)
+        submit_event = question.submit(ask, chat_inputs, chat_outputs, api_name=False, concurrency_id="model",
+                                       concurrency_limit=1)
         # Cancelling closes the stream; the engine then stops generating and frees the model.
-        chat_stop_button.click(None, None, None, cancels=[send_event, submit_event])
-        clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status])
-        mode.change(show_panes, mode, [base_chat, tuned_chat])
+        chat_stop_button.click(None, None, None, cancels=[send_event, submit_event], api_name=False)
+        clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status], api_name=False)
+        mode.change(show_panes, mode, [base_chat, tuned_chat], api_name=False)
 
         # A new or reloaded page shows the shared model and re-attaches to a running job.
-        demo.load(model_status_now, None, model_status)
-        demo.load(read, read_inputs, read_outputs).then(preview, preview_inputs, preview_outputs)
-        demo.load(dashboard, None, dashboard_outputs)
+        demo.load(model_status_now, None, model_status, api_name=False)
+        demo.load(read, read_inputs, read_outputs, api_name="read_dataset").then(
+            preview, preview_inputs, preview_outputs, api_name=False
+        )
+        demo.load(dashboard, None, dashboard_outputs, api_name=False)
     return demo
 
 

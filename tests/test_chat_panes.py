@@ -1,0 +1,91 @@
+"""Chat panes: reasoning in its own bubble (open while thinking, closed after), the answer apart,
+earlier turns fed back as answers only, and base vs fine-tuned for the same question."""
+
+import copy
+
+from conftest import R1_TEMPLATE
+
+from finetune.formats import build_prompt
+from inference.chat import NO_ADAPTER, NOTE, REASONING_TITLE, conversation, reply_messages, stream_chat
+from inference.generate import GenerationSettings, Reply
+
+GREEDY = GenerationSettings(max_new_tokens=10, temperature=0.0)
+
+
+def reply(thinking="", answer="", thinking_done=True, done=False, **extra):
+    return Reply(thinking, answer, thinking_done, done, tokens=40, seconds=3.0, **extra)
+
+
+def test_reasoning_bubble_is_open_while_thinking_and_closed_with_its_length_and_time_after():
+    thinking = reply_messages(reply("Inferior MI, so", thinking_done=False))
+    assert thinking == [
+        {
+            "role": "assistant",
+            "content": "Inferior MI, so",
+            "metadata": {"title": REASONING_TITLE, "log": "40 tokens", "duration": 3.0, "status": "pending"},
+        }
+    ]
+    answered = reply_messages(
+        reply("Inferior MI.", "Give fluids.", thinking_seconds=2.04, thinking_tokens=31, done=True)
+    )
+    bubble, answer = answered
+    assert bubble["metadata"] == {"title": REASONING_TITLE, "log": "31 tokens", "duration": 2.0, "status": "done"}
+    assert answer == {"role": "assistant", "content": "Give fluids."}
+
+
+def test_a_model_that_does_not_think_gets_no_bubble():
+    assert reply_messages(reply(answer="Epinephrine.", done=True)) == [
+        {"role": "assistant", "content": "Epinephrine."}
+    ]
+
+
+def test_reasoning_cut_at_the_token_limit_says_so_in_place_of_the_answer():
+    messages = reply_messages(reply("Still weighing", thinking_done=False, done=True), max_new_tokens=256)
+    assert messages[0]["metadata"]["status"] == "done"
+    assert messages[1]["content"].startswith(NOTE) and "limit of 256 new tokens" in messages[1]["content"]
+    stopped = reply_messages(reply("Still", thinking_done=False, done=True, stopped=True))
+    assert stopped[1]["content"] == NOTE + "Stopped before the final answer."
+
+
+def test_history_keeps_answers_and_drops_reasoning_and_notes():
+    messages = [
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "thinking", "metadata": {"title": REASONING_TITLE}},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": NO_ADAPTER},
+        {"role": "user", "content": [{"type": "text", "text": "Q3"}]},
+        {"role": "assistant", "content": "A3"},
+    ]
+    assert conversation(messages) == [("Q1", "A1"), ("Q3", "A3")]
+
+
+def test_follow_up_prompt_carries_the_earlier_turn(tokenizer):
+    prompt = build_prompt(tokenizer, "And the dose?", history=[("Antidote for heparin?", "Protamine.")])
+    assert prompt.index("Antidote for heparin?") < prompt.index("Protamine.") < prompt.index("And the dose?")
+    plain = build_prompt(tokenizer, "And the dose?", "plain", history=[("Antidote?", "Protamine.")])
+    assert "### Question:\nAntidote?\n\n### Clinical Assessment:\nProtamine." in plain
+    assert plain.endswith("### Question:\nAnd the dose?\n\n### Thinking Process:\n")
+
+
+def test_without_an_adapter_the_tuned_pane_says_so_and_base_still_answers(loaded):
+    updates = list(stream_chat(loaded, "What is sepsis?", GREEDY))
+    final = updates[-1]
+    assert final["base"][-1]["content"] and final["tuned"] == [{"role": "assistant", "content": NO_ADAPTER}]
+    assert all("base" in update for update in updates)
+
+
+def test_both_panes_show_reasoning_apart_from_the_answer_for_an_r1_prompt(loaded):
+    from finetune.adapters import attach_fresh_adapter
+    from finetune.config import LoraSettings
+
+    loaded.tokenizer = copy.deepcopy(loaded.tokenizer)
+    loaded.tokenizer.chat_template = R1_TEMPLATE  # the prompt ends inside <think>, like R1-distill models
+    attach_fresh_adapter(loaded, LoraSettings(r=4, gradient_checkpointing=False))
+    final = list(stream_chat(loaded, "What is sepsis?", GREEDY))[-1]
+    for pane in ("base", "tuned"):
+        bubble, answer = final[pane]
+        assert bubble["metadata"]["title"] == REASONING_TITLE and bubble["content"]
+        assert "metadata" not in answer and answer["content"].startswith(NOTE)  # 10 tokens: still thinking
+    # A fresh adapter is zero-initialised: with the same seed the two panes match exactly.
+    assert final["base"][0]["content"] == final["tuned"][0]["content"]

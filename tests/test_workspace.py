@@ -1,0 +1,66 @@
+"""The shared workspace of the app: one model, one run at a time, clear refusals, stop that saves."""
+
+import pytest
+from conftest import quick_lora, quick_train
+
+from finetune.config import DataSettings, ModelSettings
+from finetune.data import map_columns, read_source
+from finetune.job import TrainingBusy
+from finetune.workspace import Workspace, WorkspaceError
+from inference.generate import GenerationSettings, ModelBusy
+
+
+def sample_rows(rows=12):
+    return map_columns(read_source("sample", max_rows=rows))
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    space = Workspace(tmp_path / "runs")
+    space.load(ModelSettings())
+    return space
+
+
+def test_start_without_a_model_or_a_dataset_says_which_is_missing(tmp_path, workspace):
+    with pytest.raises(WorkspaceError, match="No model loaded: load one in the Model tab first"):
+        Workspace(tmp_path).start_training(sample_rows(), DataSettings(), quick_train(), quick_lora())
+    with pytest.raises(WorkspaceError, match="No dataset: pick a preset or upload a file in the Dataset tab"):
+        workspace.start_training(None, DataSettings(), quick_train(), quick_lora())
+
+
+def test_one_run_at_a_time_and_no_model_swap_or_chat_during_it(workspace):
+    job = workspace.start_training(sample_rows(), DataSettings(), quick_train(200), quick_lora(), "first")
+    try:
+        with pytest.raises(TrainingBusy, match="busy: a training job is already running"):
+            workspace.start_training(sample_rows(), DataSettings(), quick_train(), quick_lora(), "second")
+        with pytest.raises(TrainingBusy):
+            workspace.load(ModelSettings())
+        with pytest.raises(ModelBusy, match="being trained"):
+            next(workspace.chat("What is sepsis?", GenerationSettings(max_new_tokens=4)))
+    finally:
+        assert workspace.stop_training().startswith("Stopping after the current step")
+        assert job.wait(timeout=300)
+    assert job.status == "stopped" and (workspace.runs_dir / "first" / "adapter" / "adapter_config.json").exists()
+    assert workspace.stop_training() == "No training run is going on."
+
+
+def test_run_names_cannot_leave_the_runs_folder(workspace):
+    job = workspace.start_training(sample_rows(4), DataSettings(), quick_train(1), quick_lora(), "../../etc/x y")
+    assert job.wait(timeout=300) and job.status == "done", job.error
+    assert job.output_dir == str(workspace.runs_dir / "etc-x-y")
+
+
+def test_chat_prompts_the_way_the_adapter_was_trained(workspace):
+    job = workspace.start_training(sample_rows(4), DataSettings(template="plain"), quick_train(1), quick_lora())
+    assert job.wait(timeout=300) and job.status == "done", job.error
+    settings = GenerationSettings(max_new_tokens=6, temperature=0.0, template="auto")
+    final = list(workspace.chat("What is sepsis?", settings, panes=("tuned",)))[-1]
+    # The ### template's prompt ends inside "### Thinking Process:", so the reply opens in a bubble.
+    assert final["tuned"][0]["metadata"]["title"] == "Reasoning"
+
+
+def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
+    before = workspace.loaded
+    with pytest.raises(Exception, match="no such local folder"):
+        workspace.load(ModelSettings(name=str(tmp_path / "missing")))
+    assert workspace.loaded is before
