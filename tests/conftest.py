@@ -63,3 +63,20 @@ def mean_loss(model, rows) -> float:
 
 def lora_b_weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    """The app on 127.0.0.1 with its own workspace (nothing loaded), for one test module."""
+    import app
+    from finetune.workspace import Workspace
+
+    workspace = Workspace(tmp_path_factory.mktemp("app") / "runs")
+    demo = app.build_app(workspace, "cpu")
+    demo.queue(default_concurrency_limit=4)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, css=app.CSS)
+    yield url, workspace
+    if workspace.job is not None:
+        workspace.job.stop()
+        workspace.job.wait(timeout=300)
+    demo.close()

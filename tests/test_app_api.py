@@ -1,0 +1,104 @@
+"""The app's endpoints through gradio_client, against the app served on 127.0.0.1: what a script (or
+the browser) gets back, one visitor's session at a time, and two visitors sharing one run."""
+
+import json
+
+import pytest
+from gradio_client import Client, handle_file
+
+QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?"
+# preview_dataset inputs after the column pickers: template, system prompt, max length, preview row
+PREVIEW_SETTINGS = ("chat", "", 256, 1)
+# start_training inputs: template, system prompt, max length, steps, lr, micro-batch, accumulation, r, alpha,
+# dropout, warm-up, schedule, optimizer, checkpointing, seed, run name
+TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torch", False, 3407)
+
+
+@pytest.fixture(scope="module")
+def url(app_server):
+    return app_server[0]
+
+
+def text(message: dict) -> str:
+    """A message's text: Gradio 6 sends content as a list of typed parts."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def visitor(url) -> Client:
+    return Client(url, verbose=False)
+
+
+def pick_dataset(client, source="sample", file=None):
+    """What the Dataset tab does: read the choice once, then preview it with the detected columns."""
+    *pickers, status = client.predict(source, file, "train[0:500]", api_name="/read_dataset")
+    columns = [picker["value"] if isinstance(picker, dict) else picker for picker in pickers]
+    return status, columns, client.predict(*columns, *PREVIEW_SETTINGS, api_name="/preview_dataset")
+
+
+def test_load_reports_what_was_loaded_and_a_bad_model_is_a_message(url):
+    client = visitor(url)
+    bad = client.predict("nobody/no-such-model-xyz", False, 256, "auto", api_name="/load_model")
+    assert bad.startswith("❌ nobody/no-such-model-xyz:") and "Traceback" not in bad
+    info = client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    assert "✅" in info and "| Backend | hf |" in info and "| Device | cpu |" in info
+    assert "| Quantization | none (full precision) |" in info and "| Parameters | 135 M |" in info
+
+
+def test_an_uploaded_file_is_previewed_with_its_detected_columns(url, tmp_path):
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    rows = [{"instruction": f"Case {i}: fever and cough?", "output": f"<think>Pneumonia {i}?</think>Chest X-ray."}
+            for i in range(6)]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    status, columns, (summary, table, segments, _) = pick_dataset(client, "upload", handle_file(str(path)))
+    assert status == "" and columns[0] == "instruction" and columns[2] == "output"
+    assert summary.startswith("**alpaca.json**: 6 rows")
+    assert table["data"][0][0] == "Case 0: fever and cough?"
+    trained = "".join(s["token"] for s in segments if s["class_or_confidence"] == "trained")
+    assert "Pneumonia 0?" in trained and "Chest X-ray." in trained and "fever and cough" not in trained
+
+
+def test_a_file_with_a_missing_column_gets_a_message_and_the_app_keeps_answering(url, tmp_path):
+    client = visitor(url)
+    path = tmp_path / "no_answer.csv"
+    path.write_text("Question,Complex_CoT\nFever?,Think.\n")
+    _, _, (summary, *_) = pick_dataset(client, "upload", handle_file(str(path)))
+    assert summary.startswith("❌ no_answer.csv: missing column for the answer; columns found: Question, Complex_CoT")
+    _, _, (summary, *_) = pick_dataset(client)
+    assert summary.startswith("**clinical_vignettes.jsonl**: 64 rows")
+
+
+def test_chat_without_an_adapter_answers_in_the_base_pane_and_explains_the_other(url):
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    base, tuned, question, status = client.predict(
+        QUESTION, [], [], "Base vs fine-tuned", 16, 0.0, 0.95, 1.0, 0, "auto", "", api_name="/chat"
+    )
+    assert status == "" and question == ""
+    assert base[0]["role"] == "user" and text(base[0]) == QUESTION
+    assert base[-1]["role"] == "assistant" and text(base[-1])
+    assert text(tuned[-1]).startswith("ⓘ No fine-tuned adapter yet")
+
+
+def test_two_visitors_share_one_run(url, app_server):
+    workspace = app_server[1]
+    first, second = visitor(url), visitor(url)
+    first.predict("embedded", False, 256, "auto", api_name="/load_model")
+    pick_dataset(first)
+    pick_dataset(second)
+    started, _ = first.predict(*TRAIN_SETTINGS, "shared", api_name="/start_training")
+    assert started == "Starting…"
+    refused, _ = second.predict(*TRAIN_SETTINGS, "other", api_name="/start_training")
+    assert refused.startswith("❌ busy: a training job is already running")
+    *_, chat_status = second.predict(QUESTION, [], [], "Base only", 16, 0.0, 0.95, 1.0, 0, "auto", "",
+                                     api_name="/chat")
+    assert chat_status.startswith("❌ The model is being trained")
+    assert workspace.job.wait(timeout=0.1) is False  # still running
+    assert second.predict(api_name="/stop_training").startswith("Stopping after the current step")
+    assert workspace.job.wait(timeout=300)
+    _, status, losses, *_ = second.predict(api_name="/dashboard")
+    assert status.startswith("Stopped at step") and "adapter saved to" in status
+    points = losses["value"]["data"] if "value" in losses else losses["data"]
+    assert len(points) == 2 * len(workspace.job.metrics) > 0  # raw and smoothed per step
