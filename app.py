@@ -157,6 +157,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             with gr.Row():
                 loss_plot = gr.LinePlot(x="step", y="loss", color="curve", label="Loss (raw and smoothed)",
                                         height=320, color_map={"raw": "#9ecae9", "smoothed": "#1f5fa8"},
+                                        caption="light: each step's loss; dark: smoothed",
                                         elem_id="loss-plot")
                 lr_plot = gr.LinePlot(x="step", y="value", label="Learning rate", height=320)
                 grad_plot = gr.LinePlot(x="step", y="value", label="Gradient norm", height=320)
@@ -182,7 +183,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             with gr.Accordion("Generation settings (DeepSeek-R1 defaults)", open=False):
                 with gr.Row():
                     max_new_tokens = gr.Slider(16, 8192, 1024 if device == "cuda" else 256, step=16,
-                                               label="Max new tokens")
+                                               label="Max new tokens", elem_id="max-new-tokens")
                     temperature = gr.Slider(0.0, 1.5, 0.6, step=0.05, label="Temperature (0: greedy)")
                     top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="Top-p")
                     repetition_penalty = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
@@ -202,7 +203,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                                          max_length=int(length), backend=backend_name)
                 return _model_markdown(workspace.load(settings))
             except VISITOR_ERRORS as err:
-                return f"❌ {err}"
+                return f"⚠ {err}"
 
         def model_status_now():
             return _model_markdown(workspace.loaded.info) if workspace.loaded else model_status.value
@@ -218,7 +219,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             try:
                 raw = read_dataset(choice, file, hub_split)
             except VISITOR_ERRORS as err:
-                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"❌ {err}"
+                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {err}"
             detected = raw.detected()
             pickers = [gr.update(choices=[NONE, *raw.columns], value=detected.get(role, NONE)) for role in ROLES]
             return raw, *pickers, ""
@@ -237,7 +238,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             try:
                 shown = preview_dataset(raw, data, tokenizer, int(length or model_max_length), int(row or 1) - 1)
             except VISITOR_ERRORS as err:
-                return None, f"❌ {err}", None, None, None
+                return None, f"⚠ {err}", None, None, None
             table = pd.DataFrame(shown.table, columns=["question", "reasoning", "answer"])
             segments = [(text, "trained" if trained else None) for text, trained in shown.segments]
             bars = None
@@ -261,7 +262,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                 data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system)
                 workspace.start_training(rows, data, train_settings, lora_settings, name or "")
             except VISITOR_ERRORS as err:
-                return f"❌ {err}", gr.Timer(active=workspace.training)
+                return f"⚠ {err}", gr.Timer(active=workspace.training)
             return "Starting…", gr.Timer(active=True)
 
         def stop():
@@ -302,7 +303,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                     yield (*[chats[p] + ([question_message] + shown[p] if p in shown else []) for p in ("base",
                            "tuned")], "", "")
             except VISITOR_ERRORS as err:
-                yield chats["base"], chats["tuned"], text, f"❌ {err}"
+                yield chats["base"], chats["tuned"], text, f"⚠ {err}"
 
         def show_panes(mode_name):
             panes = CHAT_MODES[mode_name]
@@ -370,7 +371,7 @@ def _model_markdown(info) -> str:
         ("Chat template", "yes" if info.chat_template else "none (the ### template is used)"),
     ]
     table = "\n".join(f"| {key} | {html.escape(str(value))} |" for key, value in rows)
-    return f"✅ **Loaded.**\n\n| | |\n|---|---|\n{table}"
+    return f"✓ **Loaded.**\n\n| | |\n|---|---|\n{table}"
 
 
 def _progress_html(fraction: float) -> str:

@@ -51,10 +51,12 @@ def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict
 def _missing_answer(reply: Reply, max_new_tokens: int | None) -> str:
     if reply.stopped:
         return NOTE + "Stopped before the final answer."
-    if not reply.thinking_done:
-        limit = f" of {max_new_tokens} new tokens" if max_new_tokens else ""
-        return NOTE + f"No final answer: the reasoning was still going at the limit{limit}. Raise “Max new tokens”."
-    return NOTE + "The model gave no answer after its reasoning."
+    if not reply.thinking_done and max_new_tokens and reply.tokens >= max_new_tokens:
+        return NOTE + (
+            f"No final answer: the reasoning was still going at the limit of {max_new_tokens} new tokens. "
+            "Raise “Max new tokens”."
+        )
+    return NOTE + "The model ended without a final answer."
 
 
 def conversation(messages: Sequence[dict]) -> list[tuple[str, str]]:

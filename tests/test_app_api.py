@@ -39,9 +39,9 @@ def pick_dataset(client, source="sample", file=None):
 def test_load_reports_what_was_loaded_and_a_bad_model_is_a_message(url):
     client = visitor(url)
     bad = client.predict("nobody/no-such-model-xyz", False, 256, "auto", api_name="/load_model")
-    assert bad.startswith("❌ nobody/no-such-model-xyz:") and "Traceback" not in bad
+    assert bad.startswith("⚠ nobody/no-such-model-xyz:") and "Traceback" not in bad
     info = client.predict("embedded", False, 256, "auto", api_name="/load_model")
-    assert "✅" in info and "| Backend | hf |" in info and "| Device | cpu |" in info
+    assert "✓" in info and "| Backend | hf |" in info and "| Device | cpu |" in info
     assert "| Quantization | none (full precision) |" in info and "| Parameters | 135 M |" in info
 
 
@@ -65,7 +65,7 @@ def test_a_file_with_a_missing_column_gets_a_message_and_the_app_keeps_answering
     path = tmp_path / "no_answer.csv"
     path.write_text("Question,Complex_CoT\nFever?,Think.\n")
     _, _, (summary, *_) = pick_dataset(client, "upload", handle_file(str(path)))
-    assert summary.startswith("❌ no_answer.csv: missing column for the answer; columns found: Question, Complex_CoT")
+    assert summary.startswith("⚠ no_answer.csv: missing column for the answer; columns found: Question, Complex_CoT")
     _, _, (summary, *_) = pick_dataset(client)
     assert summary.startswith("**clinical_vignettes.jsonl**: 64 rows")
 
@@ -91,10 +91,10 @@ def test_two_visitors_share_one_run(url, app_server):
     started, _ = first.predict(*TRAIN_SETTINGS, "shared", api_name="/start_training")
     assert started == "Starting…"
     refused, _ = second.predict(*TRAIN_SETTINGS, "other", api_name="/start_training")
-    assert refused.startswith("❌ busy: a training job is already running")
+    assert refused.startswith("⚠ busy: a training job is already running")
     *_, chat_status = second.predict(QUESTION, [], [], "Base only", 16, 0.0, 0.95, 1.0, 0, "auto", "",
                                      api_name="/chat")
-    assert chat_status.startswith("❌ The model is being trained")
+    assert chat_status.startswith("⚠ The model is being trained")
     assert workspace.job.wait(timeout=0.1) is False  # still running
     assert second.predict(api_name="/stop_training").startswith("Stopping after the current step")
     assert workspace.job.wait(timeout=300)

@@ -40,9 +40,11 @@ def test_a_model_that_does_not_think_gets_no_bubble():
 
 
 def test_reasoning_cut_at_the_token_limit_says_so_in_place_of_the_answer():
-    messages = reply_messages(reply("Still weighing", thinking_done=False, done=True), max_new_tokens=256)
+    messages = reply_messages(reply("Still weighing", thinking_done=False, done=True), max_new_tokens=40)
     assert messages[0]["metadata"]["status"] == "done"
-    assert messages[1]["content"].startswith(NOTE) and "limit of 256 new tokens" in messages[1]["content"]
+    assert messages[1]["content"].startswith(NOTE) and "limit of 40 new tokens" in messages[1]["content"]
+    ended = reply_messages(reply("Hmm", thinking_done=False, done=True), max_new_tokens=256)
+    assert ended[1]["content"] == NOTE + "The model ended without a final answer."
     stopped = reply_messages(reply("Still", thinking_done=False, done=True, stopped=True))
     assert stopped[1]["content"] == NOTE + "Stopped before the final answer."
 

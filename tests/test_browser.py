@@ -1,0 +1,152 @@
+"""The app in a real browser (headless Debian Chromium through Playwright), as a visitor uses it.
+
+Screenshots of each tab are saved under test-artifacts/ for a person to look at.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from finetune.data import SAMPLE_FILE
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+if not Path(CHROMIUM).exists() and not os.environ.get("CI"):  # CI installs it: there, a missing browser fails
+    pytest.skip("Debian's chromium is not installed (apt install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    """A fresh visitor on the app's first screen."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_server[0], wait_until="load")
+    page.wait_for_selector("#model-status")
+    yield page
+    context.close()
+
+
+def open_tab(page, name):
+    page.get_by_role("tab", name=name).click()
+
+
+def shoot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def load_embedded(page):
+    open_tab(page, "Model")
+    page.get_by_role("button", name="Load model").click()
+    page.wait_for_selector("#model-status:has-text('Parameters')")
+
+
+def upload(page, path):
+    open_tab(page, "Dataset")
+    page.get_by_label("Upload a file").check()
+    page.locator("#dataset-upload input[type=file]").set_input_files(str(path))
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_bad_input_gets_a_visible_message_and_the_app_keeps_answering(page, tmp_path):
+    # Start with no model.
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector("#train-status:has-text('No model loaded: load one in the Model tab first')")
+
+    # A wrong file type, then a file with a missing column.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("fever and rash")
+    upload(page, notes)
+    page.get_by_text(re.compile(r"(unsupported file type|Invalid file type)")).first.wait_for()
+    no_answer = write_jsonl(tmp_path / "no_answer.jsonl", [{"Question": "Fever?", "Complex_CoT": "Think."}])
+    page.locator("#dataset-upload").get_by_label("Clear").click()
+    page.locator("#dataset-upload input[type=file]").set_input_files(str(no_answer))
+    page.wait_for_selector("#dataset-status:has-text('no_answer.jsonl: missing column for the answer')")
+    shoot(page, "bad-input-dataset")
+
+    # Start with a model but no usable dataset; the app still loads models and answers.
+    load_embedded(page)
+    open_tab(page, "Train")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector("#train-status:has-text('No dataset: pick a preset or upload a file')")
+    shoot(page, "bad-input-train")
+
+
+def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
+    load_embedded(page)
+    shoot(page, "1-model")
+
+    rows = [json.loads(line) for line in SAMPLE_FILE.read_text().splitlines()[:12]]
+    upload(page, write_jsonl(tmp_path / "twelve_cases.jsonl", rows))
+    page.wait_for_selector("#dataset-status:has-text('twelve_cases.jsonl')")
+    # The seeds' ### template: its prompt ends inside "### Thinking Process:", so every reply opens in a
+    # reasoning bubble, the base model's too.
+    page.get_by_label("### Question / ### Thinking Process / ### Clinical Assessment").check()
+    page.wait_for_selector("#training-text:has-text('### Thinking Process:')")
+    shoot(page, "2-dataset")
+
+    open_tab(page, "Train")
+    page.get_by_label("Max steps").fill("200")
+    page.get_by_role("button", name="Start training").click()
+    raw_points = page.locator('#loss-plot [aria-roledescription="point"][aria-label*="curve: raw"]')
+    page.wait_for_function(
+        """() => document.querySelectorAll('#loss-plot [aria-roledescription="point"][aria-label*="curve: raw"]')
+                 .length >= 2""",
+        timeout=180_000,
+    )
+    first_count = raw_points.count()
+    page.wait_for_function(
+        f"""() => document.querySelectorAll('#loss-plot [aria-roledescription="point"][aria-label*="curve: raw"]')
+                  .length > {first_count}""",
+        timeout=120_000,
+    )
+    assert re.search(r"Training: step \d+/200 · loss [\d.]+ · [\d,]+ tokens/s · ETA", page.inner_text("#train-status"))
+    shoot(page, "3-train-running")
+    page.get_by_role("button", name="Stop").first.click()
+    page.wait_for_selector("#train-status:has-text('Stopped at step')", timeout=180_000)
+    assert "adapter saved to" in page.inner_text("#train-status")
+    shoot(page, "4-train-stopped")
+
+    open_tab(page, "Chat")
+    page.get_by_text("Generation settings").click()
+    tokens = page.locator("#max-new-tokens input[type=number]")
+    tokens.fill("32")
+    tokens.press("Enter")
+    page.locator("#question textarea").fill("What is the antidote for heparin?")
+    page.locator("#send").click()
+    for pane in ("#chat-base", "#chat-tuned"):
+        bubble = page.locator(f"{pane} .thought-group")
+        bubble.first.wait_for(timeout=120_000)
+        assert "Reasoning" in bubble.first.inner_text()
+        # The final message of the pane sits apart from the bubble: the answer or why there is none.
+        page.wait_for_function(
+            f"""() => [...document.querySelectorAll('{pane} [data-testid="bot"]')]
+                      .some(m => !m.querySelector('.thought-group') && m.innerText.trim().length > 0)""",
+            timeout=120_000,
+        )
+    page.locator("#send").wait_for(state="visible")
+    shoot(page, "5-chat")
