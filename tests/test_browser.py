@@ -126,6 +126,16 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
     )
     assert re.search(r"Training: step \d+/200 · loss [\d.]+ · [\d,]+ tokens/s · ETA", page.inner_text("#train-status"))
     shoot(page, "3-train-running")
+    # A reloaded page re-attaches to the run and redraws its whole history.
+    seen = raw_points.count()
+    page.reload(wait_until="load")
+    page.wait_for_selector("#model-status:has-text('Parameters')")
+    open_tab(page, "Train")
+    page.wait_for_function(
+        f"""() => document.querySelectorAll('#loss-plot [aria-roledescription="point"][aria-label*="curve: raw"]')
+                  .length > {seen}""",
+        timeout=120_000,
+    )
     page.get_by_role("button", name="Stop").first.click()
     page.wait_for_selector("#train-status:has-text('Stopped at step')", timeout=180_000)
     assert "adapter saved to" in page.inner_text("#train-status")
