@@ -289,7 +289,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         # Chat
 
         def ask(text, base_messages, tuned_messages, mode_name, new_tokens, temp, nucleus, penalty, gen_seed,
-                prompt_template, system):
+                prompt_template, system, request: gr.Request):
             panes = CHAT_MODES[mode_name]
             chats = {"base": list(base_messages or []), "tuned": list(tuned_messages or [])}
             histories = {pane: conversation(chats[pane]) for pane in panes}
@@ -299,11 +299,15 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                                               top_p=float(nucleus), repetition_penalty=float(penalty),
                                               seed=int(gen_seed or 0), system_prompt=system,
                                               template=prompt_template)
-                for shown in workspace.chat(text or "", settings, panes, histories):
-                    yield (*[chats[p] + ([question_message] + shown[p] if p in shown else []) for p in ("base",
-                           "tuned")], "", "")
+                for shown in workspace.chat(text or "", settings, panes, histories, request.session_hash):
+                    base, tuned = (chats[p] + ([question_message, *shown[p]] if p in shown else [])
+                                   for p in ("base", "tuned"))
+                    yield base, tuned, "", ""
             except VISITOR_ERRORS as err:
                 yield chats["base"], chats["tuned"], text, f"⚠ {err}"
+
+        def stop_chat(request: gr.Request):
+            workspace.stop_chat(request.session_hash)
 
         def show_panes(mode_name):
             panes = CHAT_MODES[mode_name]
@@ -345,12 +349,12 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
                        repetition_penalty, chat_seed, chat_template, chat_system]
         chat_outputs = [base_chat, tuned_chat, question, chat_status]
-        send_event = send_button.click(ask, chat_inputs, chat_outputs, api_name="chat", concurrency_id="model",
-                                       concurrency_limit=1)
-        submit_event = question.submit(ask, chat_inputs, chat_outputs, api_name=False, concurrency_id="model",
-                                       concurrency_limit=1)
-        # Cancelling closes the stream; the engine then stops generating and frees the model.
-        chat_stop_button.click(None, None, None, cancels=[send_event, submit_event], api_name=False)
+        send_button.click(ask, chat_inputs, chat_outputs, api_name="chat", concurrency_id="model",
+                          concurrency_limit=1)
+        question.submit(ask, chat_inputs, chat_outputs, api_name=False, concurrency_id="model",
+                        concurrency_limit=1)
+        # Stop ends this visitor's reply; the stream then closes its bubble and says it was stopped.
+        chat_stop_button.click(stop_chat, None, None, api_name="stop_chat")
         clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status], api_name=False)
         mode.change(show_panes, mode, [base_chat, tuned_chat], api_name=False)
 

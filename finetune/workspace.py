@@ -41,6 +41,8 @@ class Workspace:
     trained_template: str | None = None
     """The template the current adapter learned: chat must prompt the same way."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _chat_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+    """One stop switch per visitor's reply in progress, so Stop ends that visitor's reply only."""
 
     @property
     def training(self) -> bool:
@@ -95,12 +97,26 @@ class Workspace:
         settings: GenerationSettings,
         panes: Sequence[str] = ("base", "tuned"),
         histories: dict[str, Sequence[tuple[str, str]]] | None = None,
+        visitor: str = "",
     ) -> Iterator[dict[str, list[dict]]]:
-        """Stream the answer of each pane; template 'auto' prompts the way the adapter was trained."""
+        """Stream the answer of each pane; template 'auto' prompts the way the adapter was trained.
+
+        `stop_chat(visitor)` ends it early."""
         loaded = self.require_model()
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
-        yield from stream_chat(loaded, question, settings, panes, histories)
+        stop = self._chat_stops[visitor] = threading.Event()
+        try:
+            yield from stream_chat(loaded, question, settings, panes, histories, stop)
+        finally:
+            if self._chat_stops.get(visitor) is stop:
+                del self._chat_stops[visitor]
+
+    def stop_chat(self, visitor: str = "") -> None:
+        """End this visitor's reply in progress; what was written so far stays, marked as stopped."""
+        stop = self._chat_stops.get(visitor)
+        if stop is not None:
+            stop.set()
 
     def stop_training(self) -> str:
         if not self.training:

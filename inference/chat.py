@@ -10,6 +10,7 @@ while its status is "pending" and closed once it is "done".
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 
 from finetune.models import LoadedModel
@@ -21,6 +22,7 @@ REASONING_TITLE = "Reasoning"
 NOTE = "ⓘ "
 """Starts the app's own notes in a pane, which are never fed back to the model as answers."""
 NO_ADAPTER = NOTE + "No fine-tuned adapter yet: train one in the Train tab, then ask again."
+STOPPED = NOTE + "Stopped before the end."
 
 
 def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict]:
@@ -45,6 +47,8 @@ def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict
     answer = reply.answer or (_missing_answer(reply, max_new_tokens) if reply.done else "")
     if answer:
         messages.append({"role": "assistant", "content": answer})
+    if reply.stopped and reply.answer:
+        messages.append({"role": "assistant", "content": STOPPED})
     return messages
 
 
@@ -91,10 +95,12 @@ def stream_chat(
     settings: GenerationSettings,
     panes: Sequence[str] = ("base", "tuned"),
     histories: dict[str, Sequence[tuple[str, str]]] | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[dict[str, list[dict]]]:
     """Answer one question in each pane, one after the other (they share the weights), same seed.
 
-    Yields {pane: assistant messages so far} after every new piece of text.
+    Yields {pane: assistant messages so far} after every new piece of text. Setting `stop` ends the
+    reply being written (it says so) and skips the panes not started yet.
     """
     question = question.strip()
     if not question:
@@ -105,10 +111,12 @@ def stream_chat(
     histories = histories or {}
     shown: dict[str, list[dict]] = {pane: [] for pane in panes}
     for pane in panes:
+        if stop is not None and stop.is_set():
+            break
         if PANES[pane] and not loaded.has_adapter:
             shown[pane] = [{"role": "assistant", "content": NO_ADAPTER}]
             yield dict(shown)
             continue
-        for reply in stream_reply(loaded, question, settings, PANES[pane], history=histories.get(pane, ())):
+        for reply in stream_reply(loaded, question, settings, PANES[pane], stop, histories.get(pane, ())):
             shown[pane] = reply_messages(reply, settings.max_new_tokens)
             yield dict(shown)

@@ -2,6 +2,7 @@
 the browser) gets back, one visitor's session at a time, and two visitors sharing one run."""
 
 import json
+import time
 
 import pytest
 from gradio_client import Client, handle_file
@@ -102,3 +103,16 @@ def test_two_visitors_share_one_run(url, app_server):
     assert status.startswith("Stopped at step") and "adapter saved to" in status
     points = losses["value"]["data"] if "value" in losses else losses["data"]
     assert len(points) == 2 * len(workspace.job.metrics) > 0  # raw and smoothed per step
+
+
+def test_stop_ends_the_visitors_reply_in_progress(url):
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    job = client.submit("Explain heart failure in detail.", [], [], "Base only", 1024, 0.0, 0.95, 1.0, 0, "auto", "",
+                        api_name="/chat")
+    deadline = time.time() + 120
+    while len(job.outputs()) < 3 and time.time() < deadline:
+        time.sleep(0.1)
+    client.predict(api_name="/stop_chat")
+    base, *_ = job.result(timeout=120)
+    assert text(base[-1]) == "ⓘ Stopped before the end." and len(job.outputs()) < 200

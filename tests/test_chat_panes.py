@@ -6,7 +6,15 @@ import copy
 from conftest import R1_TEMPLATE
 
 from finetune.formats import build_prompt
-from inference.chat import NO_ADAPTER, NOTE, REASONING_TITLE, conversation, reply_messages, stream_chat
+from inference.chat import (
+    NO_ADAPTER,
+    NOTE,
+    REASONING_TITLE,
+    STOPPED,
+    conversation,
+    reply_messages,
+    stream_chat,
+)
 from inference.generate import GenerationSettings, Reply
 
 GREEDY = GenerationSettings(max_new_tokens=10, temperature=0.0)
@@ -47,6 +55,8 @@ def test_reasoning_cut_at_the_token_limit_says_so_in_place_of_the_answer():
     assert ended[1]["content"] == NOTE + "The model ended without a final answer."
     stopped = reply_messages(reply("Still", thinking_done=False, done=True, stopped=True))
     assert stopped[1]["content"] == NOTE + "Stopped before the final answer."
+    cut = reply_messages(reply("Done thinking.", "Give prota", done=True, stopped=True))
+    assert [m["content"] for m in cut[1:]] == ["Give prota", STOPPED]
 
 
 def test_history_keeps_answers_and_drops_reasoning_and_notes():

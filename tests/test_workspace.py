@@ -64,3 +64,22 @@ def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
     with pytest.raises(Exception, match="no such local folder"):
         workspace.load(ModelSettings(name=str(tmp_path / "missing")))
     assert workspace.loaded is before
+
+
+def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(workspace):
+    from finetune.adapters import attach_fresh_adapter
+    from finetune.config import LoraSettings
+    from inference.chat import STOPPED
+
+    attach_fresh_adapter(workspace.loaded, LoraSettings(r=4, gradient_checkpointing=False))
+    settings = GenerationSettings(max_new_tokens=300, temperature=0.0)
+    updates = []
+    for update in workspace.chat("Explain heart failure in detail.", settings, visitor="me"):
+        updates.append(update)
+        if len(updates) == 3:
+            workspace.stop_chat("someone else")  # another visitor's Stop does not touch this reply
+        if len(updates) == 6:
+            workspace.stop_chat("me")
+    final = updates[-1]
+    assert final["base"][-1]["content"] == STOPPED and final["tuned"] == []
+    assert len(updates) < 15  # it ended within a few tokens of the Stop
