@@ -19,7 +19,7 @@ from inference.generate import GenerationSettings, Reply, stream_reply
 PANES = {"base": False, "tuned": True}
 """Pane name -> whether the LoRA adapter is on. Base is the same weights with the adapter off."""
 REASONING_TITLE = "Reasoning"
-NOTE = "ⓘ "
+NOTE = "ℹ️ "
 """Starts the app's own notes in a pane, which are never fed back to the model as answers."""
 NO_ADAPTER = NOTE + "No fine-tuned adapter yet: train one in the Train tab, then ask again."
 STOPPED = NOTE + "Stopped before the end."

@@ -7,6 +7,8 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
+from inference.chat import NO_ADAPTER, STOPPED
+
 QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?"
 # preview_dataset inputs after the column pickers: template, system prompt, max length, preview row
 PREVIEW_SETTINGS = ("chat", "", 256, 1)
@@ -80,7 +82,7 @@ def test_chat_without_an_adapter_answers_in_the_base_pane_and_explains_the_other
     assert status == "" and question == ""
     assert base[0]["role"] == "user" and text(base[0]) == QUESTION
     assert base[-1]["role"] == "assistant" and text(base[-1])
-    assert text(tuned[-1]).startswith("ⓘ No fine-tuned adapter yet")
+    assert text(tuned[-1]) == NO_ADAPTER
 
 
 def test_two_visitors_share_one_run(url, app_server):
@@ -115,4 +117,4 @@ def test_stop_ends_the_visitors_reply_in_progress(url):
         time.sleep(0.1)
     client.predict(api_name="/stop_chat")
     base, *_ = job.result(timeout=120)
-    assert text(base[-1]) == "ⓘ Stopped before the end." and len(job.outputs()) < 200
+    assert text(base[-1]) == STOPPED and len(job.outputs()) < 200
