@@ -120,6 +120,7 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str):
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
         gradient_checkpointing=False,  # set on the model when the adapter is attached
+        train_sampling_strategy=train.sampling,
     )
 
 
@@ -190,6 +191,7 @@ class JobCallback(TrainerCallback):
                 "grad_norm": round(float(logs.get("grad_norm", float("nan"))), 5),
                 "tokens_per_s": round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1),
                 "elapsed_s": round(elapsed, 2),
+                "tokens": tokens,
                 "eta_s": round(elapsed / step * (total - step), 1) if step else None,
             }
         )

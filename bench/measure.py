@@ -1,0 +1,156 @@
+"""One measurement in one process: a training run or a chat, for one variant on one model.
+
+Variants:
+- `hf`: transformers + PEFT (+ bitsandbytes 4-bit on a GPU) + TRL with the seeds' recipe.
+- `unsloth`: Unsloth with the seeds' recipe (GPU only).
+- `ours`: the engine's defaults for the device (what the app and the CLI use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+
+import torch
+
+from bench.workload import model_folder, synthetic_dataset
+from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for_device
+from finetune.models import LoadedModel, load_model
+from finetune.train import start_training
+
+VARIANTS = ("hf", "unsloth", "ours")
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seeds_recipe(max_length: int) -> TrainSettings:
+    """The seeds' recipe: micro-batch 2 x grad-accum 4, adamw_8bit, bf16 (fp32 and adamw_torch on CPU)."""
+    if device() == "cuda":
+        return TrainSettings(max_length=max_length)
+    return TrainSettings(max_length=max_length, optimizer="adamw_torch")
+
+
+def variant_recipe(variant: str, max_length: int) -> tuple[str, TrainSettings, LoraSettings]:
+    """(backend, training settings, LoRA settings) of a variant."""
+    if variant == "ours":
+        train = dataclasses.replace(TrainSettings.for_device(device()), max_length=max_length)
+        if device() == "cpu":  # the CPU demo recipe trains a smaller batch; compare at the seeds' batch of 8
+            train = dataclasses.replace(train, micro_batch_size=8, grad_accum_steps=1, learning_rate=2e-4)
+        return "auto", train, lora_for_device(device())
+    return variant, seeds_recipe(max_length), LoraSettings(gradient_checkpointing=True)
+
+
+def load(variant: str, model: str, max_length: int) -> LoadedModel:
+    backend = variant_recipe(variant, max_length)[0]
+    loaded = load_model(ModelSettings(model_folder(model), load_in_4bit=device() == "cuda", max_length=max_length,
+                                      backend=backend))
+    vocab = loaded.model.config.vocab_size
+    if loaded.tokenizer.pad_token_id is None or loaded.tokenizer.pad_token_id >= vocab:
+        loaded.tokenizer.pad_token = loaded.tokenizer.convert_ids_to_tokens(0)
+    return loaded
+
+
+def run_train(variant: str, model: str, steps: int, warmup: int, max_length: int) -> dict:
+    """Train `steps` steps; throughput and s/step count only the steps after `warmup`."""
+    if device() == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    loaded = load(variant, model, max_length)
+    _, train, lora = variant_recipe(variant, max_length)
+    train = dataclasses.replace(train, max_steps=steps)
+    rows = steps * train.micro_batch_size * train.grad_accum_steps
+    data = synthetic_dataset(rows, max_length, loaded.model.config.vocab_size)
+    with tempfile.TemporaryDirectory() as output:
+        job = start_training(loaded, data, train, lora, output)
+        job.wait()
+    if job.status != "done":
+        raise RuntimeError(f"{variant} training {job.status}: {job.error}")
+    before, last = job.metrics[warmup - 1], job.metrics[-1]
+    seconds = last["elapsed_s"] - before["elapsed_s"]
+    return {
+        "bench": "train",
+        "variant": variant,
+        "backend": loaded.info.backend,
+        "model": model,
+        "device": _device_name(),
+        "recipe": {
+            "micro_batch_size": train.micro_batch_size,
+            "grad_accum_steps": train.grad_accum_steps,
+            "sampling": train.sampling,
+            "optimizer": train.optimizer,
+            "max_length": max_length,
+            "gradient_checkpointing": lora.gradient_checkpointing,
+        },
+        "steps": steps,
+        "warmup_steps": warmup,
+        "tokens_per_s": round((last["tokens"] - before["tokens"]) / seconds, 1),
+        "s_per_step": round(seconds / (steps - warmup), 3),
+        "peak_memory_gb": _peak_gb(),
+        "load_s": loaded.info.load_seconds,
+        "losses": [m["loss"] for m in job.metrics],
+    }
+
+
+class _TimingStreamer:
+    """Records when each generated token arrives (the first `put` is the prompt)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.times.append(time.perf_counter())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64) -> dict:
+    """Batch-1 greedy chat with a fresh LoRA adapter on: time to first token and decode speed."""
+    from finetune.adapters import attach_fresh_adapter
+
+    loaded = load(variant, model, 2048)
+    attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
+    model_ = loaded.model
+    model_.eval()
+    if loaded.info.backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model_)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, model_.config.vocab_size, (1, prompt_tokens), generator=generator)
+    prompt = prompt.to(model_.device)
+    kwargs = dict(do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        model_.generate(prompt, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up
+        streamer = _TimingStreamer()
+        started = time.perf_counter()
+        model_.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer, **kwargs)
+    first, last = streamer.times[0], streamer.times[-1]
+    return {
+        "bench": "chat",
+        "variant": variant,
+        "backend": loaded.info.backend,
+        "model": model,
+        "device": _device_name(),
+        "new_tokens": len(streamer.times),
+        "first_token_s": round(first - started, 4),
+        "decode_tokens_per_s": round((len(streamer.times) - 1) / (last - first), 1),
+        "peak_memory_gb": _peak_gb(),
+    }
+
+
+def _device_name() -> str:
+    if device() == "cuda":
+        return torch.cuda.get_device_name()
+    import os
+
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _peak_gb() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device() == "cuda" else None
