@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="default 2048 (CPU: 512)")
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--out", default=None, help="write the results as a JSON list here")
+    parser.add_argument("--log-dir", default=None, help="keep each variant's output (stderr included) here")
     parser.add_argument("--what", default="train", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -83,6 +84,9 @@ def run_variant(args, variant: str) -> dict:
         env["FINETUNE_NO_UNSLOTH"] = "1"
     print(f"[bench] {args.bench} {variant} on {args.model} …", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if args.log_dir:
+        Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+        Path(args.log_dir, f"{args.bench}-{variant}-{args.model}.log").write_text(done.stdout + done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
