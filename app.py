@@ -146,6 +146,8 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                                         label="LR schedule")
                 optimizer = gr.Dropdown(["adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor"],
                                         value=train.optimizer, label="Optimizer")
+                sampling = gr.Dropdown([("similar lengths together", "group_by_length"), ("random", "random")],
+                                       value=train.sampling, label="Batches")
                 checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
                 seed = gr.Number(train.seed, precision=0, label="Seed")
                 run_name = gr.Textbox("", label="Run name (folder under runs/)", placeholder="automatic")
@@ -250,12 +252,12 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         # Training
 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
-                  optim, checkpoint, train_seed, name):
+                  optim, batches, checkpoint, train_seed, name):
             try:
                 train_settings = TrainSettings(
                     micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),
                     max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
-                    max_length=int(length or model_max_length), seed=int(train_seed or 0),
+                    max_length=int(length or model_max_length), seed=int(train_seed or 0), sampling=batches,
                 )
                 lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
                                              gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
@@ -338,7 +340,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         start_button.click(
             start,
             [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
-             lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, checkpointing, seed, run_name],
+             lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, sampling, checkpointing, seed, run_name],
             [train_status, timer],
             api_name="start_training",
         )

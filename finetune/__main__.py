@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--scheduler", choices=("linear", "cosine", "constant"), default=None)
     train.add_argument("--optimizer", default=None, help="e.g. adamw_8bit, adamw_torch")
     train.add_argument("--weight-decay", type=float, default=None)
+    train.add_argument("--sampling", choices=("random", "group_by_length"), default=None,
+                       help="batch order; default group_by_length (similar lengths together)")
     train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--lora-r", type=int, default=16)
@@ -87,6 +89,7 @@ def _settings(args):
         "lr_scheduler": args.scheduler,
         "optimizer": args.optimizer,
         "weight_decay": args.weight_decay,
+        "sampling": args.sampling,
     }
     fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
     fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs)
@@ -163,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
+    print(
+        f"recipe: micro-batch {train.micro_batch_size} x grad-accum {train.grad_accum_steps}, {train.sampling} "
+        f"batches, {train.optimizer}, lr {train.learning_rate:g}, LoRA r{lora.r}, "
+        f"checkpointing {'on' if lora.gradient_checkpointing else 'off'}, backend {loaded.info.backend}",
+        file=sys.stderr,
+    )
     try:
         job = start_training(loaded, prepared, train, lora, args.output)
     except (TrainingBusy, ValueError) as err:

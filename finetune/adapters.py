@@ -29,7 +29,7 @@ def attach_fresh_adapter(loaded: LoadedModel, lora: LoraSettings):
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
             bias="none",
-            use_gradient_checkpointing="unsloth" if lora.gradient_checkpointing else False,
+            use_gradient_checkpointing=_unsloth_checkpointing(lora),
             random_state=lora.seed,
             use_rslora=lora.use_rslora,
         )
@@ -38,6 +38,12 @@ def attach_fresh_adapter(loaded: LoadedModel, lora: LoraSettings):
     loaded.model = model
     loaded.adapter_dir = None
     return model
+
+
+def _unsloth_checkpointing(lora: LoraSettings) -> str | bool:
+    if not lora.gradient_checkpointing:
+        return False
+    return "unsloth" if lora.offload_activations else True
 
 
 def _attach_with_peft(model, lora: LoraSettings):

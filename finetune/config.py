@@ -42,6 +42,8 @@ class LoraSettings:
     use_rslora: bool = False
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, ~30% slower."""
+    offload_activations: bool = True
+    """Unsloth only: keep checkpointed activations in CPU memory ("unsloth" checkpointing)."""
     seed: int = 3407
 
     def __post_init__(self) -> None:

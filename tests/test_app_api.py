@@ -13,8 +13,9 @@ QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How shoul
 # preview_dataset inputs after the column pickers: template, system prompt, max length, preview row
 PREVIEW_SETTINGS = ("chat", "", 256, 1)
 # start_training inputs: template, system prompt, max length, steps, lr, micro-batch, accumulation, r, alpha,
-# dropout, warm-up, schedule, optimizer, checkpointing, seed, run name
-TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torch", False, 3407)
+# dropout, warm-up, schedule, optimizer, batches, checkpointing, seed, run name
+TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torch", "group_by_length", False,
+                  3407)
 
 
 @pytest.fixture(scope="module")

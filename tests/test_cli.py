@@ -43,6 +43,9 @@ def test_train_prints_a_json_line_per_step_then_the_result(cli_run):
     assert final["status"] == "done" and final["steps"] == 3
     assert final["loss_first"] == lines[0]["loss"] and final["loss_last"] == lines[-2]["loss"]
     assert final["adapter"] == str(output / "adapter") and (output / "adapter" / "adapter_config.json").is_file()
+    # What the run chose is visible: the CPU demo recipe, length-grouped batches, the backend.
+    assert "recipe: micro-batch 2 x grad-accum 1, group_by_length batches, adamw_torch" in result.stderr
+    assert "backend hf" in result.stderr
 
 
 def test_inference_json_with_the_trained_adapter(cli_run):
