@@ -19,8 +19,6 @@ from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for
 from finetune.models import LoadedModel, load_model
 from finetune.train import start_training
 
-VARIANTS = ("hf", "unsloth", "ours")
-
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
