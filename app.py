@@ -15,13 +15,12 @@ import html
 import threading
 from pathlib import Path
 
-from finetune.backend import import_unsloth_first
+from finetune.backend import default_device, import_unsloth_first
 
 import_unsloth_first()  # before transformers is imported (a no-op without CUDA)
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device  # noqa: E402
 from finetune.dashboard import (  # noqa: E402
@@ -31,10 +30,10 @@ from finetune.dashboard import (  # noqa: E402
     progress_fraction,
     progress_line,
 )
-from finetune.data import DatasetError  # noqa: E402
+from finetune.data import ROLES, DatasetError  # noqa: E402
 from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
-from finetune.preview import MAX_UPLOAD_MB, ROLES, preview_dataset, read_dataset  # noqa: E402
+from finetune.preview import MAX_UPLOAD_MB, preview_dataset, read_dataset  # noqa: E402
 from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
 from inference.chat import conversation  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
@@ -393,7 +392,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs", help="where runs (adapters, run.json) are saved")
     parser.add_argument("--preload", default=None, help="load this model at start, e.g. 'embedded'")
     args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     workspace = Workspace(Path(args.runs_dir))
     if args.preload:  # in the background: the page is usable at once, and shows the model when it is ready
         threading.Thread(target=workspace.load, args=(ModelSettings(args.preload),), daemon=True).start()

@@ -50,13 +50,13 @@ def main() -> None:
 
 
 def chosen_variants(args) -> list[str]:
-    import torch
+    from finetune.backend import default_device
 
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    if not torch.cuda.is_available():
+    if default_device() != "cuda":
         variants = [v for v in variants if v != "unsloth"]  # Unsloth needs a CUDA GPU
     return variants
 

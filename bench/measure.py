@@ -9,19 +9,17 @@ Variants:
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 
 import torch
 
 from bench.workload import model_folder, synthetic_dataset
+from finetune.backend import default_device as device
 from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for_device
 from finetune.models import LoadedModel, load_model
 from finetune.train import start_training
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def seeds_recipe(max_length: int) -> TrainSettings:
@@ -145,8 +143,6 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
 def _device_name() -> str:
     if device() == "cuda":
         return torch.cuda.get_device_name()
-    import os
-
     return f"CPU ({os.cpu_count()} cores)"
 
 

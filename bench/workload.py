@@ -14,6 +14,7 @@ import os
 import random
 from pathlib import Path
 
+from finetune.backend import default_device
 from finetune.formats import IGNORE_INDEX, LengthStats, PreparedDataset, TokenizedRow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +88,7 @@ def model_folder(key: str) -> str:
         return str(folder)
     config = AutoConfig.from_pretrained(MODELS[key])
     torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    with torch.device(default_device()):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     # Any tokenizer whose ids fit the vocabulary: the rows are token ids already.

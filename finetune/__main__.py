@@ -70,11 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args):
     """Typed settings from the flags, on top of the device's defaults."""
-    import torch
-
+    from finetune.backend import default_device
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     train = TrainSettings.for_device(device)
     max_length = args.max_length or train.max_length
     model = ModelSettings(args.model, args.load_in_4bit, max_length, args.backend)

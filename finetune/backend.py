@@ -27,6 +27,13 @@ def unsloth_available() -> bool:
     return True
 
 
+def default_device() -> str:
+    """'cuda' when a CUDA GPU is visible, else 'cpu': where models load and train by default."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def import_unsloth_first() -> None:
     """Import Unsloth (if usable) before transformers/TRL/PEFT so its patches apply."""
     unsloth_available()

@@ -55,11 +55,15 @@ class ColumnMap:
     question: str | None = None
     reasoning: str | None = None
     answer: str | None = None
-    messages: str | None = None
     context: str | None = None
+    messages: str | None = None
 
     def as_dict(self) -> dict[str, str]:
         return {k: v for k, v in self.__dict__.items() if v}
+
+
+ROLES = tuple(ColumnMap.__dataclass_fields__)
+"""The column roles a user can map: question, reasoning, answer, context, messages."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +203,7 @@ def resolve_columns(columns: list[str], overrides: dict[str, str], name: str) ->
     """Detected mapping with the user's overrides applied; errors list the columns found."""
     mapping = detect_columns(columns)
     for role, column in overrides.items():
-        if role not in ColumnMap.__dataclass_fields__:
+        if role not in ROLES:
             raise DatasetError(f"{name}: unknown column role '{role}'; use question, reasoning, answer, messages")
         if column and column not in columns:
             raise DatasetError(f"{name}: column '{column}' (for {role}) not found; columns found: {', '.join(columns)}")

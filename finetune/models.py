@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.backend import unsloth_available
+from finetune.backend import default_device, unsloth_available
 from finetune.config import ModelSettings
 from finetune.embedded import embedded_model_dir
 from finetune.hub import hub_offline_mode, hub_reachable
@@ -85,7 +85,7 @@ class LoadedModel:
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load the model named in `settings`; raises ModelLoadError with one readable sentence."""
     started = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     backend = choose_backend(settings.backend, device)
     path, is_hub = resolve_source(settings.name)
     token = os.environ.get("HF_TOKEN") or None

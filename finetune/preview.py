@@ -10,20 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import DataSettings
-from finetune.data import FILE_TYPES, DatasetError, LoadedRows, RawRows, map_columns, read_source
+from finetune.data import DatasetError, LoadedRows, RawRows, map_columns, read_source
 from finetune.formats import LengthStats, preview_row, tokenize_rows
 
 MAX_UPLOAD_MB = 50
-ROLES = ("question", "reasoning", "answer", "context", "messages")
 
 
 def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
     """Read an uploaded dataset file, refusing wrong types and oversized files with one sentence."""
     path = Path(path)
-    if path.suffix.lower() not in FILE_TYPES:
-        raise DatasetError(
-            f"{path.name}: unsupported file type '{path.suffix or 'none'}'; upload one of {', '.join(FILE_TYPES)}"
-        )
     size_mb = path.stat().st_size / 2**20
     if size_mb > max_mb:
         raise DatasetError(f"{path.name}: {size_mb:.0f} MB is over the {max_mb:g} MB upload limit")

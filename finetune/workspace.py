@@ -23,7 +23,6 @@ from finetune.data import LoadedRows
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model
-from finetune.train import start_training
 from inference.chat import stream_chat
 from inference.generate import GenerationSettings
 
@@ -56,8 +55,10 @@ class Workspace:
             raise WorkspaceError("Another model is loading right now; wait for it to finish.")
         try:
             loaded = load_model(settings)
-            previous, self.loaded, self.trained_template = self.loaded, loaded, None
-            _free(previous)
+            replaced = self.loaded is not None
+            self.loaded, self.trained_template = loaded, None  # drops the last reference to the old model
+            if replaced:
+                _release_memory(loaded.device)
             return loaded.info
         finally:
             self._loading.release()
@@ -85,6 +86,8 @@ class Workspace:
             raise WorkspaceError("No dataset: pick a preset or upload a file in the Dataset tab first.")
         if self.training:
             raise TrainingBusy(self.job)
+        from finetune.train import start_training  # TRL and PEFT load on first use, not at app start
+
         prepared = self.prepare(rows, data, train.max_length)
         output_dir = self.runs_dir / (_safe_name(run_name) or time.strftime("run-%Y%m%d-%H%M%S"))
         self.job = start_training(loaded, prepared, train, lora, output_dir)
@@ -131,11 +134,8 @@ def _safe_name(name: str) -> str:
     return cleaned.strip(".-")[:64]
 
 
-def _free(loaded: LoadedModel | None) -> None:
-    if loaded is None:
-        return
-    device = loaded.device
-    del loaded
+def _release_memory(device: str) -> None:
+    """Collect a model nothing refers to any more, and hand its GPU memory back to the driver."""
     gc.collect()
     if device == "cuda":
         import torch
