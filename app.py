@@ -104,6 +104,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             load_button = gr.Button("Load model", variant="primary")
             model_status = gr.Markdown("No model loaded yet: pick one and press **Load model**.",
                                        elem_id="model-status")
+            model_timer = gr.Timer(1.0, active=False)
 
         with gr.Tab("Dataset", id="dataset"):
             with gr.Row():
@@ -207,7 +208,12 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                 return f"⚠ {err}"
 
         def model_status_now():
-            return _model_markdown(workspace.loaded.info) if workspace.loaded else model_status.value
+            """The shared model as it is now; a page that opens during a load watches until it ends."""
+            if workspace.loading:
+                status = f"Loading **{html.escape(workspace.loading)}**…"
+            else:
+                status = _model_markdown(workspace.loaded.info) if workspace.loaded else model_status.value
+            return status, gr.Timer(active=workspace.loading is not None)
 
         # ---------------------------------------------------------------------------------------
         # Dataset
@@ -360,7 +366,10 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         mode.change(show_panes, mode, [base_chat, tuned_chat], api_name=False)
 
         # A new or reloaded page shows the shared model and re-attaches to a running job.
-        demo.load(model_status_now, None, model_status, api_name=False)
+        demo.load(model_status_now, None, [model_status, model_timer], api_name=False)
+        # While a load runs (e.g. --preload), watch it; the preview then gains the exact training text.
+        model_timer.tick(model_status_now, None, [model_status, model_timer], show_progress="hidden",
+                         api_name=False).then(preview, preview_inputs, preview_outputs, api_name=False)
         demo.load(read, read_inputs, read_outputs, api_name="read_dataset").then(
             preview, preview_inputs, preview_outputs, api_name=False
         )

@@ -37,6 +37,8 @@ class Workspace:
     loaded: LoadedModel | None = None
     job: TrainingJob | None = None
     """The latest run, kept after a new model loads so its plot stays on the dashboard."""
+    loading: str | None = None
+    """The name of the model being loaded right now, if any (a visitor's Load, or --preload)."""
     trained_template: str | None = None
     """The template the current adapter learned: chat must prompt the same way."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -54,6 +56,7 @@ class Workspace:
         if not self._loading.acquire(blocking=False):
             raise WorkspaceError("Another model is loading right now; wait for it to finish.")
         try:
+            self.loading = settings.name
             loaded = load_model(settings)
             replaced = self.loaded is not None
             self.loaded, self.trained_template = loaded, None  # drops the last reference to the old model
@@ -61,6 +64,7 @@ class Workspace:
                 _release_memory(loaded.device)
             return loaded.info
         finally:
+            self.loading = None
             self._loading.release()
 
     def require_model(self) -> LoadedModel:

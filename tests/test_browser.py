@@ -160,3 +160,32 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
         )
     page.locator("#send").wait_for(state="visible")
     shoot(page, "5-chat")
+
+
+def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, app_server, monkeypatch):
+    """`python app.py --preload ...`: a visitor who arrives mid-load sees it happen, then the model."""
+    import threading
+    import time
+
+    import finetune.workspace
+    from finetune.config import ModelSettings
+
+    url, workspace = app_server
+    real_load = finetune.workspace.load_model
+
+    def slow_load(settings):
+        time.sleep(4)
+        return real_load(settings)
+
+    monkeypatch.setattr(finetune.workspace, "load_model", slow_load)
+    loading = threading.Thread(target=workspace.load, args=(ModelSettings(),))
+    loading.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#model-status:has-text('Loading embedded')")
+    page.wait_for_selector("#model-status:has-text('Parameters')", timeout=60_000)
+    open_tab(page, "Dataset")  # the preview was drawn without a tokenizer; now it shows the exact text
+    page.wait_for_selector("#training-text:has-text('<|im_start|>assistant')", timeout=60_000)
+    loading.join()
+    context.close()
