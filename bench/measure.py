@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from bench.workload import model_folder, synthetic_dataset
+from bench.workload import medical_o1_file, model_folder, synthetic_dataset
 from finetune.backend import default_device as device
 from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for_device
 from finetune.models import LoadedModel, load_model
@@ -34,7 +34,8 @@ def variant_recipe(variant: str, max_length: int) -> tuple[str, TrainSettings, L
     if variant == "ours":
         train = dataclasses.replace(TrainSettings.for_device(device()), max_length=max_length)
         if device() == "cpu":  # the CPU demo recipe trains a smaller batch; compare at the seeds' batch of 8
-            train = dataclasses.replace(train, micro_batch_size=8, grad_accum_steps=1, learning_rate=2e-4)
+            train = dataclasses.replace(train, micro_batch_size=8, grad_accum_steps=1, learning_rate=2e-4,
+                                        warmup_steps=TrainSettings().warmup_steps)
         return "auto", train, lora_for_device(device())
     return variant, seeds_recipe(max_length), LoraSettings(gradient_checkpointing=True)
 
@@ -71,14 +72,7 @@ def run_train(variant: str, model: str, steps: int, warmup: int, max_length: int
         "backend": loaded.info.backend,
         "model": model,
         "device": _device_name(),
-        "recipe": {
-            "micro_batch_size": train.micro_batch_size,
-            "grad_accum_steps": train.grad_accum_steps,
-            "sampling": train.sampling,
-            "optimizer": train.optimizer,
-            "max_length": max_length,
-            "gradient_checkpointing": lora.gradient_checkpointing,
-        },
+        "recipe": _recipe(train, lora, max_length),
         "steps": steps,
         "warmup_steps": warmup,
         "tokens_per_s": round((last["tokens"] - before["tokens"]) / seconds, 1),
@@ -86,6 +80,69 @@ def run_train(variant: str, model: str, steps: int, warmup: int, max_length: int
         "peak_memory_gb": _peak_gb(),
         "load_s": loaded.info.load_seconds,
         "losses": [m["loss"] for m in job.metrics],
+    }
+
+
+HELD_OUT_ROWS = 16
+
+
+def run_curve(variant: str, model: str, steps: int, seed: int, max_length: int) -> dict:
+    """Train on real text (the medical-o1 rows, real tokenizer) and measure the loss on held-out rows.
+
+    The last 16 rows are never trained on. `seed` changes the order in which rows are seen, so runs
+    of one variant with different seeds show how much the curve moves by chance alone.
+    """
+    from finetune.config import DataSettings
+    from finetune.formats import prepare_dataset
+
+    loaded = load(variant, model, max_length)
+    _, train, lora = variant_recipe(variant, max_length)
+    train = dataclasses.replace(train, max_steps=steps, seed=seed)
+    data = prepare_dataset(DataSettings(source=str(medical_o1_file())), loaded.tokenizer, max_length)
+    held_out = data.rows[-HELD_OUT_ROWS:]
+    data = dataclasses.replace(data, rows=data.rows[:-HELD_OUT_ROWS])
+    before = _held_out_loss(loaded.model, held_out)
+    with tempfile.TemporaryDirectory() as output:
+        job = start_training(loaded, data, train, lora, output)
+        job.wait()
+    if job.status != "done":
+        raise RuntimeError(f"{variant} training {job.status}: {job.error}")
+    return {
+        "bench": "curve",
+        "variant": variant,
+        "backend": loaded.info.backend,
+        "model": model,
+        "device": _device_name(),
+        "seed": seed,
+        "recipe": _recipe(train, lora, max_length),
+        "steps": steps,
+        "train_rows": len(data.rows),
+        "held_out_rows": len(held_out),
+        "held_out_loss_before": round(before, 4),
+        "held_out_loss_after": round(_held_out_loss(loaded.model, held_out), 4),
+        "losses": [round(m["loss"], 4) for m in job.metrics],
+    }
+
+
+def _held_out_loss(model, rows) -> float:
+    """Mean loss over the trained tokens (reasoning and answer) of each held-out row."""
+    model.eval()
+    device_ = next(model.parameters()).device
+    with torch.inference_mode():
+        losses = [float(model(input_ids=torch.tensor([r.input_ids], device=device_),
+                              labels=torch.tensor([r.labels], device=device_)).loss) for r in rows]
+    return sum(losses) / len(losses)
+
+
+def _recipe(train: TrainSettings, lora: LoraSettings, max_length: int) -> dict:
+    return {
+        "micro_batch_size": train.micro_batch_size,
+        "grad_accum_steps": train.grad_accum_steps,
+        "sampling": train.sampling,
+        "optimizer": train.optimizer,
+        "learning_rate": train.learning_rate,
+        "max_length": max_length,
+        "gradient_checkpointing": lora.gradient_checkpointing,
     }
 
 
@@ -106,11 +163,15 @@ class _TimingStreamer:
 
 
 def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64) -> dict:
-    """Batch-1 greedy chat with a fresh LoRA adapter on: time to first token and decode speed."""
+    """Batch-1 greedy chat with a LoRA adapter on: time to first token and decode speed.
+
+    `ours` is the engine's chat path: the fast decoder (`inference.fast_decode`) where it applies.
+    """
     from finetune.adapters import attach_fresh_adapter
 
     loaded = load(variant, model, 2048)
     attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
+    _perturb_adapter(loaded.model)
     model_ = loaded.model
     model_.eval()
     if loaded.info.backend == "unsloth":
@@ -120,24 +181,64 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(100, model_.config.vocab_size, (1, prompt_tokens), generator=generator)
     prompt = prompt.to(model_.device)
-    kwargs = dict(do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    result = {"bench": "chat", "variant": variant, "backend": loaded.info.backend, "model": model,
+              "device": _device_name(), "decoder": "transformers generate"}
     with torch.inference_mode():
-        model_.generate(prompt, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up
-        streamer = _TimingStreamer()
-        started = time.perf_counter()
-        model_.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer, **kwargs)
-    first, last = streamer.times[0], streamer.times[-1]
+        if variant == "ours":
+            times, extra = _ours_decode(loaded, prompt, new_tokens)
+            result.update(extra)
+        else:
+            times = _generate_decode(loaded, prompt, new_tokens)
     return {
-        "bench": "chat",
-        "variant": variant,
-        "backend": loaded.info.backend,
-        "model": model,
-        "device": _device_name(),
-        "new_tokens": len(streamer.times),
-        "first_token_s": round(first - started, 4),
-        "decode_tokens_per_s": round((len(streamer.times) - 1) / (last - first), 1),
+        **result,
+        "new_tokens": len(times) - 1,
+        "first_token_s": round(times[1] - times[0], 4),
+        "decode_tokens_per_s": round((len(times) - 2) / (times[-1] - times[1]), 1),
         "peak_memory_gb": _peak_gb(),
     }
+
+
+def _perturb_adapter(model) -> None:
+    """A fresh adapter's B is zero; make it count, as a trained one does."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.01, generator=None)
+
+
+def _generate_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> list[float]:
+    """transformers' generate: [start, time of each token]."""
+    kwargs = dict(do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    loaded.model.generate(prompt, max_new_tokens=8, min_new_tokens=8, **kwargs)  # warm-up
+    streamer = _TimingStreamer()
+    started = time.perf_counter()
+    loaded.model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer, **kwargs)
+    return [started, *streamer.times]
+
+
+def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> tuple[list[float], dict]:
+    """The fast decoder: built (weights merged, graph captured) once, then timed on a second reply."""
+    from inference.fast_decode import Sampling, decoder_for
+
+    started = time.perf_counter()
+    decoder = decoder_for(loaded, True, prompt.shape[1] + new_tokens)
+    if decoder is None:
+        return _generate_decode(loaded, prompt, new_tokens), {}
+    greedy, no_eos = Sampling(), set()
+    list(decoder.generate(prompt[0], 8, greedy, no_eos))  # warm-up: captures the CUDA graph
+    built = time.perf_counter() - started
+    times = [time.perf_counter()]
+    for _ in decoder.generate(prompt[0], new_tokens, greedy, no_eos):
+        times.append(time.perf_counter())
+    return times, {"decoder": decoder.description, "build_s": round(built, 2),
+                   "logits_rel_diff": _logits_agreement(loaded, decoder, prompt)}
+
+
+def _logits_agreement(loaded: LoadedModel, decoder, prompt: torch.Tensor) -> float:
+    """Largest difference between the decoder's and the model's next-token logits, relative to their range."""
+    reference = loaded.model(input_ids=prompt).logits[0, -1].float()
+    ours = decoder.prefill(prompt[0])
+    return round(float((ours - reference).abs().max() / reference.abs().max()), 4)
 
 
 def _device_name() -> str:

@@ -37,6 +37,7 @@ def attach_fresh_adapter(loaded: LoadedModel, lora: LoraSettings):
         model = _attach_with_peft(model, lora)
     loaded.model = model
     loaded.adapter_dir = None
+    loaded.decoder = None
     return model
 
 
@@ -88,6 +89,7 @@ def load_adapter(loaded: LoadedModel, adapter_dir: str | Path) -> None:
     model = loaded.model.unload() if loaded.has_adapter else loaded.model
     loaded.model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=ADAPTER_NAME)
     loaded.adapter_dir = adapter_dir
+    loaded.decoder = None
 
 
 def adapter_switched(loaded: LoadedModel, enabled: bool):

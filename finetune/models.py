@@ -72,6 +72,9 @@ class LoadedModel:
     """Guards only the busy check and the `job` swap, so a second start is answered at once."""
     job: object | None = None
     adapter_dir: Path | None = None
+    decoder: object | None = None
+    """Chat's fast decoder (`inference.fast_decode`): a 16-bit copy of the weights, dropped whenever
+    the adapter changes or training starts."""
 
     @property
     def device(self) -> str:

@@ -18,7 +18,10 @@ import torch
 from finetune.adapters import adapter_switched
 from finetune.formats import build_prompt, effective_template, prompt_opens_reasoning, reasoning_tags
 from finetune.models import LoadedModel
+from inference.fast_decode import Sampling, decoder_for
 from inference.think import split_think
+
+GENERATE = "transformers generate"
 
 
 class ModelBusy(RuntimeError):
@@ -38,6 +41,8 @@ class GenerationSettings:
     template: str = "chat"
     """'chat' or 'plain': must match the template the adapter was trained with ('auto' in the app: the
     template of the latest run)."""
+    fast: bool = True
+    """Use the fast decoder (`inference.fast_decode`) where the model allows; False: transformers' generate."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -59,6 +64,8 @@ class Reply:
     """Tokens spent reasoning, once the reasoning is over."""
     stopped: bool = False
     """True when the generation was stopped by the caller before it ended."""
+    decoder: str = ""
+    """Which decoding path wrote the reply: the fast decoder's description or "transformers generate"."""
 
 
 def _counting_streamer(tokenizer):
@@ -124,13 +131,21 @@ def stream_reply(
         pad_token_id=tokenizer.pad_token_id,
     )
     failure: list[BaseException] = []
+    used: list[str] = []
 
     def generate() -> None:
         try:
-            with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
-                loaded.model.eval()
+            with loaded.lock, torch.inference_mode():
                 torch.manual_seed(settings.seed)  # same seed for base and fine-tuned
-                loaded.model.generate(**kwargs)
+                tokens_needed = inputs["input_ids"].shape[1] + settings.max_new_tokens
+                decoder = decoder_for(loaded, use_adapter, tokens_needed) if settings.fast else None
+                used.append(decoder.description if decoder else GENERATE)
+                if decoder is not None:
+                    _generate_fast(decoder, loaded, inputs["input_ids"][0], settings, streamer, stop)
+                    return
+                with adapter_switched(loaded, use_adapter):
+                    loaded.model.eval()
+                    loaded.model.generate(**kwargs)
         except BaseException as err:  # surfaced in the caller's thread below
             failure.append(err)
             streamer.end()
@@ -173,7 +188,28 @@ def stream_reply(
         thinking_seconds,
         thinking_tokens,
         stopped=stop.is_set(),
+        decoder=used[0] if used else "",
     )
+
+
+def _generate_fast(decoder, loaded: LoadedModel, prompt: torch.Tensor, settings: GenerationSettings,
+                   streamer, stop: threading.Event) -> None:
+    """Feed the fast decoder's tokens to the streamer the way `generate` does (the prompt first)."""
+    sampling = Sampling(settings.temperature, settings.top_p, settings.repetition_penalty)
+    streamer.put(prompt.cpu())
+    try:
+        for token in decoder.generate(prompt, settings.max_new_tokens, sampling, eos_token_ids(loaded), stop):
+            streamer.put(torch.tensor([token]))
+    finally:
+        streamer.end()
+
+
+def eos_token_ids(loaded: LoadedModel) -> set[int]:
+    """Token ids that end a reply: the generation config's (one or a list) and the tokenizer's."""
+    ids = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids])
+    ids.add(loaded.tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}
 
 
 def generate_reply(
