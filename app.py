@@ -35,7 +35,7 @@ from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
 from finetune.preview import MAX_UPLOAD_MB, preview_dataset, read_dataset  # noqa: E402
 from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
-from inference.chat import conversation  # noqa: E402
+from inference.chat import conversation, speed_summary  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
 
 TITLE = "Chain-of-thought fine-tuning"
@@ -306,10 +306,11 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                                               top_p=float(nucleus), repetition_penalty=float(penalty),
                                               seed=int(gen_seed or 0), system_prompt=system,
                                               template=prompt_template)
-                for shown in workspace.chat(text or "", settings, panes, histories, request.session_hash):
+                replies = {}
+                for shown in workspace.chat(text or "", settings, panes, histories, request.session_hash, replies):
                     base, tuned = (chats[p] + ([question_message, *shown[p]] if p in shown else [])
                                    for p in ("base", "tuned"))
-                    yield base, tuned, "", ""
+                    yield base, tuned, "", speed_summary(replies)
             except VISITOR_ERRORS as err:
                 yield chats["base"], chats["tuned"], text, f"⚠ {err}"
 

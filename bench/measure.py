@@ -30,14 +30,31 @@ def seeds_recipe(max_length: int) -> TrainSettings:
 
 
 def variant_recipe(variant: str, max_length: int) -> tuple[str, TrainSettings, LoraSettings]:
-    """(backend, training settings, LoRA settings) of a variant."""
+    """(backend, training settings, LoRA settings) of a variant.
+
+    BENCH_OURS="sampling=random,offload_activations=false" tries other settings for `ours` (any
+    field of TrainSettings or LoraSettings); the JSON records the recipe that ran.
+    """
     if variant == "ours":
         train = dataclasses.replace(TrainSettings.for_device(device()), max_length=max_length)
         if device() == "cpu":  # the CPU demo recipe trains a smaller batch; compare at the seeds' batch of 8
             train = dataclasses.replace(train, micro_batch_size=8, grad_accum_steps=1, learning_rate=2e-4,
                                         warmup_steps=TrainSettings().warmup_steps)
-        return "auto", train, lora_for_device(device())
+        return "auto", *_with_overrides(train, lora_for_device(device()), os.environ.get("BENCH_OURS", ""))
     return variant, seeds_recipe(max_length), LoraSettings(gradient_checkpointing=True)
+
+
+def _with_overrides(train: TrainSettings, lora: LoraSettings, overrides: str) -> tuple[TrainSettings, LoraSettings]:
+    for item in filter(None, overrides.split(",")):
+        key, value = item.split("=", 1)
+        target = train if key in {f.name for f in dataclasses.fields(train)} else lora
+        current = getattr(target, key)  # an unknown name fails here, before anything runs
+        value = value.lower() in ("1", "true", "yes") if isinstance(current, bool) else type(current)(value)
+        if target is train:
+            train = dataclasses.replace(train, **{key: value})
+        else:
+            lora = dataclasses.replace(lora, **{key: value})
+    return train, lora
 
 
 def load(variant: str, model: str, max_length: int) -> LoadedModel:
@@ -143,6 +160,7 @@ def _recipe(train: TrainSettings, lora: LoraSettings, max_length: int) -> dict:
         "learning_rate": train.learning_rate,
         "max_length": max_length,
         "gradient_checkpointing": lora.gradient_checkpointing,
+        "offload_activations": lora.offload_activations,
     }
 
 
@@ -190,11 +208,11 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
         else:
             times = _generate_decode(loaded, prompt, new_tokens)
     return {
+        "peak_memory_gb": _peak_gb(),  # ours: measured before its float32 accuracy reference is built
         **result,
         "new_tokens": len(times) - 1,
         "first_token_s": round(times[1] - times[0], 4),
         "decode_tokens_per_s": round((len(times) - 2) / (times[-1] - times[1]), 1),
-        "peak_memory_gb": _peak_gb(),
     }
 
 
@@ -230,15 +248,36 @@ def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> 
     times = [time.perf_counter()]
     for _ in decoder.generate(prompt[0], new_tokens, greedy, no_eos):
         times.append(time.perf_counter())
-    return times, {"decoder": decoder.description, "build_s": round(built, 2),
-                   "logits_rel_diff": _logits_agreement(loaded, decoder, prompt)}
+    return times, {"decoder": decoder.description, "build_s": round(built, 2), "peak_memory_gb": _peak_gb(),
+                   **_logits_errors(loaded, decoder, prompt)}
 
 
-def _logits_agreement(loaded: LoadedModel, decoder, prompt: torch.Tensor) -> float:
-    """Largest difference between the decoder's and the model's next-token logits, relative to their range."""
-    reference = loaded.model(input_ids=prompt).logits[0, -1].float()
-    ours = decoder.prefill(prompt[0])
-    return round(float((ours - reference).abs().max() / reference.abs().max()), 4)
+def _logits_errors(loaded: LoadedModel, decoder, prompt: torch.Tensor, steps: int = 8) -> dict:
+    """How far the fast decoder's logits are from a float32 reference, next to how far the model's
+    own 16-bit forward is: the prompt, then `steps` more tokens fed one at a time (graph replays).
+
+    The reference is the same merged weights run in float32 by the same code, which the CPU tests
+    check against transformers token for token.
+    """
+    from inference.fast_decode import FastDecoder
+
+    tokens = torch.cat([prompt[0], prompt[0, :steps]])
+    reference = FastDecoder(loaded.model, decoder.capacity, dtype=torch.float32)
+    reference.load_weights(loaded.model, use_adapter=True)
+
+    def run(dec) -> torch.Tensor:
+        logits = [dec.prefill(prompt[0])]
+        logits += [dec.step(tokens[i].view(1), i).clone() for i in range(prompt.shape[1], len(tokens))]
+        return torch.stack(logits)
+
+    truth, ours = run(reference), run(decoder)
+    model_logits = loaded.model(input_ids=tokens.view(1, -1)).logits[0, prompt.shape[1] - 1 :].float()
+    del reference
+
+    def error(logits: torch.Tensor) -> float:
+        return round(float((logits - truth).abs().max() / truth.abs().max()), 4)
+
+    return {"logits_error_ours": error(ours), "logits_error_model": error(model_logits)}
 
 
 def _device_name() -> str:

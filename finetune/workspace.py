@@ -105,16 +105,17 @@ class Workspace:
         panes: Sequence[str] = ("base", "tuned"),
         histories: dict[str, Sequence[tuple[str, str]]] | None = None,
         visitor: str = "",
+        replies: dict | None = None,
     ) -> Iterator[dict[str, list[dict]]]:
         """Stream the answer of each pane; template 'auto' prompts the way the adapter was trained.
 
-        `stop_chat(visitor)` ends it early."""
+        `stop_chat(visitor)` ends it early; `replies` gets each pane's latest Reply."""
         loaded = self.require_model()
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
         stop = self._chat_stops[visitor] = threading.Event()
         try:
-            yield from stream_chat(loaded, question, settings, panes, histories, stop)
+            yield from stream_chat(loaded, question, settings, panes, histories, stop, replies)
         finally:
             if self._chat_stops.get(visitor) is stop:
                 del self._chat_stops[visitor]

@@ -96,11 +96,13 @@ def stream_chat(
     panes: Sequence[str] = ("base", "tuned"),
     histories: dict[str, Sequence[tuple[str, str]]] | None = None,
     stop: threading.Event | None = None,
+    replies: dict[str, Reply] | None = None,
 ) -> Iterator[dict[str, list[dict]]]:
     """Answer one question in each pane, one after the other (they share the weights), same seed.
 
     Yields {pane: assistant messages so far} after every new piece of text. Setting `stop` ends the
-    reply being written (it says so) and skips the panes not started yet.
+    reply being written (it says so) and skips the panes not started yet. `replies`, if given, gets
+    each pane's latest Reply (for `speed_summary`).
     """
     question = question.strip()
     if not question:
@@ -119,4 +121,17 @@ def stream_chat(
             continue
         for reply in stream_reply(loaded, question, settings, PANES[pane], stop, histories.get(pane, ())):
             shown[pane] = reply_messages(reply, settings.max_new_tokens)
+            if replies is not None:
+                replies[pane] = reply
             yield dict(shown)
+
+
+PANE_TITLES = {"base": "Base", "tuned": "Fine-tuned"}
+
+
+def speed_summary(replies: dict[str, Reply]) -> str:
+    """One line: tokens, time and speed of each finished reply, and the decoding path that wrote them."""
+    parts = [f"{PANE_TITLES[pane]}: {r.tokens} tokens in {r.seconds:.1f} s "
+             f"({r.tokens / max(r.seconds, 1e-6):.0f} tokens/s)" for pane, r in replies.items() if r.done]
+    decoders = sorted({r.decoder for r in replies.values() if r.done and r.decoder})
+    return " · ".join(parts + decoders)

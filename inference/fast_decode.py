@@ -89,18 +89,19 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int) -> F
 class FastDecoder:
     """A Llama-family decoder over plain tensors, for one sequence at a time."""
 
-    def __init__(self, model: torch.nn.Module, capacity: int):
+    def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None):
+        """`dtype`: the precision of the copy; by default the model's own (its embeddings')."""
         inner = _inner(model)
         config = inner.config
         embed = inner.model.embed_tokens.weight
-        self.device, self.dtype, self.capacity = embed.device, embed.dtype, capacity
+        self.device, self.dtype, self.capacity = embed.device, dtype or embed.dtype, capacity
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
-        self.embed = embed
-        self.final_norm = inner.model.norm.weight
-        self.lm_head = inner.lm_head.weight
+        self.embed = embed.to(self.dtype)
+        self.final_norm = inner.model.norm.weight.to(self.dtype)
+        self.lm_head = inner.lm_head.weight.to(self.dtype)
         self.layers = [_LayerWeights.allocate(layer, self.device, self.dtype) for layer in inner.model.layers]
         self.weights_key: tuple | None = None
         cache_shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
@@ -254,8 +255,8 @@ class _LayerWeights:
             has_bias = _base(attn.q_proj).bias is not None
             bias_rows = sum(_out_features(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
             return cls(
-                attn_norm=layer.input_layernorm.weight,
-                mlp_norm=layer.post_attention_layernorm.weight,
+                attn_norm=layer.input_layernorm.weight.to(dtype),
+                mlp_norm=layer.post_attention_layernorm.weight.to(dtype),
                 qkv=empty(attn.q_proj, attn.k_proj, attn.v_proj),
                 qkv_bias=torch.empty(bias_rows, device=device, dtype=dtype) if has_bias else None,
                 out=empty(attn.o_proj),

@@ -80,7 +80,8 @@ def test_chat_without_an_adapter_answers_in_the_base_pane_and_explains_the_other
     base, tuned, question, status = client.predict(
         QUESTION, [], [], "Base vs fine-tuned", 16, 0.0, 0.95, 1.0, 0, "auto", "", api_name="/chat"
     )
-    assert status == "" and question == ""
+    # The status line says how fast each reply was written and by which decoding path.
+    assert status.startswith("Base: 16 tokens in ") and "fast decoder" in status and question == ""
     assert base[0]["role"] == "user" and text(base[0]) == QUESTION
     assert base[-1]["role"] == "assistant" and text(base[-1])
     assert text(tuned[-1]) == NO_ADAPTER

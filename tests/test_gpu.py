@@ -84,6 +84,15 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     assert final.done and final.tokens > 0
     # The R1 prompt ends inside <think>: text streams as thinking until a </think> (if any) arrives.
     assert final.thinking or final.answer
+    assert final.decoder.endswith("CUDA graphs"), final.decoder  # chat took the fast path
+    fast_chat_peak = torch.cuda.max_memory_allocated() / 2**30
+
+    # Chat, then train again: the fast decoder's 16-bit copy is dropped, and the new run trains.
+    again = start_training(loaded, data, TrainSettings(max_steps=3, max_length=1024), LoraSettings(), tmp_path / "r2")
+    assert again.wait(timeout=600) and again.status == "done", again.error
+    assert all(m["grad_norm"] > 0 for m in again.metrics)
+    assert loaded.decoder is None
+    assert list(stream_reply(loaded, "Define sepsis.", GenerationSettings(max_new_tokens=16)))[-1].tokens == 16
     steady = job.metrics[2:]
     report = {
         "backend": backend,
@@ -98,6 +107,8 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
         "chat_first_token_s": round(first_token_s, 3),
         "chat_tokens": final.tokens,
         "chat_tokens_per_s": round(final.tokens / final.seconds, 1),
+        "chat_decoder": final.decoder,
+        "chat_peak_gb": round(fast_chat_peak, 2),
         "losses": [m["loss"] for m in job.metrics],
     }
     print(json.dumps(report))
