@@ -90,11 +90,11 @@ class FastDecoder:
     """A Llama-family decoder over plain tensors, for one sequence at a time."""
 
     def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None):
-        """`dtype`: the precision of the copy; by default the model's own (its embeddings')."""
+        """`dtype`: the precision of the copy; by default 16-bit on a GPU, the model's own on CPU."""
         inner = _inner(model)
         config = inner.config
         embed = inner.model.embed_tokens.weight
-        self.device, self.dtype, self.capacity = embed.device, dtype or embed.dtype, capacity
+        self.device, self.dtype, self.capacity = embed.device, dtype or _decode_dtype(embed), capacity
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -330,6 +330,14 @@ def _write_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:
 def _has_repacked_4bit(model: torch.nn.Module) -> bool:
     """4-bit weights on CPU: bitsandbytes repacks them for its own kernel, so they are left to it."""
     return any(getattr(p, "quant_state", None) is not None and p.device.type == "cpu" for p in model.parameters())
+
+
+def _decode_dtype(embed: torch.Tensor) -> torch.dtype:
+    """16-bit on a GPU even where training upcast the embeddings to float32 (PEFT's k-bit preparation
+    does): half the bytes to read per token."""
+    if embed.device.type != "cuda":
+        return embed.dtype
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _fits(model: torch.nn.Module, capacity: int) -> bool:

@@ -85,6 +85,7 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     # The R1 prompt ends inside <think>: text streams as thinking until a </think> (if any) arrives.
     assert final.thinking or final.answer
     assert final.decoder.endswith("CUDA graphs"), final.decoder  # chat took the fast path
+    assert "float16 weights" in final.decoder  # 16-bit, even where PEFT upcast the embeddings
     fast_chat_peak = torch.cuda.max_memory_allocated() / 2**30
 
     # Chat, then train again: the fast decoder's 16-bit copy is dropped, and the new run trains.
