@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--system-prompt", default="")
     parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--decoder", choices=("fast", "generate"), default="fast",
+                        help="fast: merged weights, static cache, CUDA graphs (where the model allows); "
+                             "generate: transformers' generate")
     return parser
 
 
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             system_prompt=args.system_prompt,
             template=args.template or (read_run_template(args.adapter) if args.adapter else "chat"),
+            fast=args.decoder == "fast",
         )
         loaded = load_model(ModelSettings(args.model, load_in_4bit=args.load_in_4bit))
         if args.adapter:
@@ -95,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             "thinking_closed": final.thinking_done,
             "tokens": final.tokens,
             "seconds": final.seconds,
+            "decoder": final.decoder,
         }
+        if not args.json:
+            print(f"({final.tokens} tokens in {final.seconds:.1f} s, {final.decoder})", file=sys.stderr)
     if args.json:
         print(json.dumps(results["reply"] if len(results) == 1 else results, ensure_ascii=False))
     return 0

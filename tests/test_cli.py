@@ -70,6 +70,14 @@ def test_inference_streams_to_the_terminal():
     result = run("inference", "--max-new-tokens", "12", "--temperature", "0", "What is sepsis?")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("[answer]\n") and len(result.stdout) > len("[answer]\n") + 5
+    assert "12 tokens in" in result.stderr and "fast decoder" in result.stderr  # the path it took
+
+
+def test_inference_decoders_write_the_same_greedy_answer():
+    replies = [json.loads(run("inference", "--json", "--max-new-tokens", "12", "--temperature", "0",
+                              "--decoder", decoder, "What is sepsis?").stdout) for decoder in ("fast", "generate")]
+    assert replies[0]["decoder"].startswith("fast decoder") and replies[1]["decoder"] == "transformers generate"
+    assert replies[0]["answer"] == replies[1]["answer"] and replies[0]["tokens"] == replies[1]["tokens"] == 12
 
 
 @pytest.mark.parametrize(
