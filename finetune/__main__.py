@@ -1,10 +1,12 @@
-"""Command line: train a LoRA adapter, or preview what would be trained.
+"""Command line: train a LoRA adapter, preview what would be trained, or evaluate base vs fine-tuned.
 
-    python -m finetune train --model embedded --dataset sample --max-steps 10 --output runs/demo
+    python -m finetune train --model embedded --dataset sample --holdout 8 --output runs/demo
     python -m finetune preview --model embedded --dataset data.jsonl --rows 2
+    python -m finetune eval --model embedded --adapter runs/demo --limit 8
 
 `train` prints one JSON object per step, then a final one with status, steps, loss_first,
-loss_last and adapter. Bad input: exit status 2 and one line on stderr.
+loss_last, adapter (and eval, with --holdout). `eval` prints one JSON object last:
+{"base": {...}, "finetuned": {...}}. Bad input: exit status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -64,7 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-modules", default=None, help="comma-separated; default all 7 projections")
     train.add_argument("--rslora", action="store_true")
     train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    train.add_argument("--holdout", type=int, default=0,
+                       help="rows kept out of training and evaluated on at the end, base vs fine-tuned")
+    train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction, default=True,
+                       help="with --holdout: generate answers too (format, accuracy), not only the loss")
     commands.choices["preview"].add_argument("--rows", type=int, default=2)
+    evaluate = commands.add_parser("eval", help="base vs fine-tuned on held-out rows; one JSON object last")
+    evaluate.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
+    evaluate.add_argument("--adapter", default=None, help="a run folder or adapter folder: adds 'finetuned'")
+    evaluate.add_argument("--dataset", default=None,
+                          help="'sample-mcq', 'sample', a file, or default: the run's heldout.jsonl (else sample-mcq)")
+    evaluate.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows")
+    evaluate.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
+    evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--max-length", type=int, default=2048)
+    evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
     return parser
 
 
@@ -77,7 +95,8 @@ def _settings(args):
     train = TrainSettings.for_device(device)
     max_length = args.max_length or train.max_length
     model = ModelSettings(args.model, args.load_in_4bit, max_length, args.backend)
-    data = DataSettings(args.dataset, args.split, args.template, args.columns, args.system_prompt, args.max_rows)
+    data = DataSettings(args.dataset, args.split, args.template, args.columns, args.system_prompt, args.max_rows,
+                        holdout_rows=getattr(args, "holdout", 0))
     if args.command == "preview":
         return model, data, None, None
     overrides = {
@@ -91,7 +110,8 @@ def _settings(args):
         "sampling": args.sampling,
     }
     fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-    fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs)
+    fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs,
+                  eval_generate=args.eval_generate)
     if args.max_steps is not None:
         fields["max_steps"] = args.max_steps or None
     lora = lora_for_device(device)
@@ -119,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.quiet import quiet_libraries
 
     quiet_libraries()
+    if args.command == "eval":
+        return run_eval(args)
     from finetune.data import DatasetError, load_examples
     from finetune.formats import preview_row, tokenize_rows
     from finetune.job import TrainingBusy
@@ -161,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = prepared.stats
     print(
         f"data: {prepared.name}, {stats.rows} rows, {stats.truncated} truncated and {stats.dropped} dropped "
-        f"at max length {stats.max_length}, template {prepared.template}",
+        f"at max length {stats.max_length}, template {prepared.template}, {len(prepared.heldout)} held out",
         file=sys.stderr,
     )
 
@@ -187,6 +209,50 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _print(job.result)
     return 0
+
+
+def run_eval(args) -> int:
+    """`python -m finetune eval`: print the progress to stderr and, last, one JSON object on stdout."""
+    from pathlib import Path
+
+    from finetune.adapters import load_adapter, read_run_template
+    from finetune.config import ModelSettings
+    from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError
+    from finetune.evaluate import EvalSettings, evaluate, load_eval_items
+    from finetune.models import ModelLoadError, load_model
+
+    source = args.dataset or _default_eval_source(args.adapter)
+    source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE)}.get(source, source)
+    try:
+        settings = EvalSettings(limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                max_length=args.max_length,
+                                template=args.template or (read_run_template(args.adapter) if args.adapter else "chat"))
+        items = load_eval_items(source, args.columns, args.limit)
+        loaded = load_model(ModelSettings(args.model, args.load_in_4bit, args.max_length))
+        if args.adapter:
+            load_adapter(loaded, args.adapter)
+    except (DatasetError, ModelLoadError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"eval: {len(items)} rows from {Path(source).name}, model {loaded.info.summary()}", file=sys.stderr)
+
+    def progress(model: str, done: int, total: int) -> None:
+        print(f"{model}: {done}/{total} answered", file=sys.stderr, flush=True)
+
+    report = evaluate(loaded, items, settings, on_progress=progress)
+    _print(report.metrics)
+    return 0
+
+
+def _default_eval_source(adapter: str | None) -> str:
+    """The run's own held-out rows when the adapter's run kept some, else the bundled multiple-choice file."""
+    from pathlib import Path
+
+    if adapter:
+        for folder in (Path(adapter), Path(adapter).parent):
+            if (folder / "heldout.jsonl").is_file():
+                return str(folder / "heldout.jsonl")
+    return "sample-mcq"
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class TrainSettings:
     seed: int = 3407
     sampling: str = "random"
     """'random', or 'group_by_length': batches of similar lengths, so less compute goes to padding."""
+    eval_generate: bool = True
+    """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
+    eval_max_new_tokens: int = 512
 
     def __post_init__(self) -> None:
         if self.sampling not in ("random", "group_by_length"):
@@ -135,7 +138,11 @@ class DataSettings:
     """Overrides for the detected mapping: keys question, reasoning, answer, messages, context."""
     system_prompt: str = ""
     max_rows: int | None = None
+    holdout_rows: int = 0
+    """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on."""
 
     def __post_init__(self) -> None:
         if self.template not in ("chat", "plain"):
             raise ValueError(f"template must be 'chat' or 'plain', not {self.template!r}")
+        if self.holdout_rows < 0:
+            raise ValueError(f"holdout_rows must be 0 or more, not {self.holdout_rows}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ SAMPLE_DIR = Path(__file__).parent / "sample_data"
 SAMPLE_FILE = SAMPLE_DIR / "clinical_vignettes.jsonl"
 MCQ_FILE = SAMPLE_DIR / "clinical_mcq.jsonl"
 MEDICAL_O1 = "FreedomIntelligence/medical-o1-reasoning-SFT"
+MCQ_INSTRUCTION = "Please answer the following multiple-choice question:"
 HUB_PRESETS = {
     "medical-o1": (MEDICAL_O1, "en"),
     "medical-o1-en": (MEDICAL_O1, "en"),
@@ -46,6 +48,31 @@ class Example:
     question: str
     reasoning: str
     answer: str
+
+
+@dataclass
+class EvalItem:
+    """One held-out question: its reference reasoning and answer, and its options if it is multiple-choice."""
+
+    question: str
+    reasoning: str = ""
+    answer: str = ""
+    options: dict[str, str] | None = None
+    gold: str | None = None
+    """The correct option's letter."""
+
+    @property
+    def prompt_question(self) -> str:
+        """What the model is asked: the question, with its lettered options for a multiple-choice item."""
+        if not self.options:
+            return self.question
+        lines = [f"{letter}. {text}" for letter, text in self.options.items()]
+        return "\n".join([MCQ_INSTRUCTION, self.question, *lines])
+
+    @property
+    def has_reference(self) -> bool:
+        """A reference answer to compute the loss on (a bare option letter is not one)."""
+        return bool(self.answer) and not (self.options and self.answer.strip() in self.options)
 
 
 @dataclass
@@ -199,8 +226,10 @@ def detect_columns(columns: list[str]) -> ColumnMap:
     return ColumnMap(**{role: found.get(role) for role in ("question", "reasoning", "answer", "context")})
 
 
-def resolve_columns(columns: list[str], overrides: dict[str, str], name: str) -> ColumnMap:
-    """Detected mapping with the user's overrides applied; errors list the columns found."""
+def resolve_columns(columns: list[str], overrides: dict[str, str], name: str, need_answer: bool = True) -> ColumnMap:
+    """Detected mapping with the user's overrides applied; errors list the columns found.
+
+    `need_answer=False` (evaluation of multiple-choice rows) accepts rows without an answer column."""
     mapping = detect_columns(columns)
     for role, column in overrides.items():
         if role not in ROLES:
@@ -210,7 +239,7 @@ def resolve_columns(columns: list[str], overrides: dict[str, str], name: str) ->
         setattr(mapping, role, column or None)
     if mapping.messages:
         return mapping
-    missing = [role for role in ("question", "answer") if not getattr(mapping, role)]
+    missing = [role for role in ("question", "answer")[: 2 if need_answer else 1] if not getattr(mapping, role)]
     if missing:
         raise DatasetError(
             f"{name}: missing column for the {' and the '.join(missing)}; "
@@ -255,8 +284,10 @@ def _example_from_messages(messages, number: int, name: str, column: str) -> Exa
     return Example(question.strip(), thinking, answer)
 
 
-def to_examples(rows: list[dict], mapping: ColumnMap, name: str) -> list[Example]:
-    """Turn raw rows into examples, naming the first row and column that is unusable."""
+def to_examples(rows: list[dict], mapping: ColumnMap, name: str, strict: bool = True) -> list[Example]:
+    """Turn raw rows into examples, naming the first row and column that is unusable.
+
+    `strict=False` (evaluation) lets the reasoning and the answer be empty: only the question is required."""
     examples = []
     for number, row in enumerate(rows, start=1):
         if mapping.messages:
@@ -266,8 +297,8 @@ def to_examples(rows: list[dict], mapping: ColumnMap, name: str) -> list[Example
         if mapping.context:
             context = _cell(row, mapping.context, number, name, required=False)
             question = f"{question}\n\n{context}" if context else question
-        reasoning = _cell(row, mapping.reasoning, number, name, required=True) if mapping.reasoning else ""
-        answer = _cell(row, mapping.answer, number, name, required=True)
+        reasoning = _cell(row, mapping.reasoning, number, name, required=strict) if mapping.reasoning else ""
+        answer = _cell(row, mapping.answer, number, name, required=strict) if mapping.answer else ""
         examples.append(Example(question, reasoning, answer))
     return examples
 
@@ -319,3 +350,63 @@ def load_examples(
 ) -> LoadedRows:
     """Read a preset or a file and map its columns: the whole input side of a run."""
     return map_columns(read_source(source, split, max_rows), columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation items and the held-out split
+
+
+def eval_items(rows: list[dict], examples: list[Example], name: str, strict: bool = True) -> list[EvalItem]:
+    """Examples as evaluation items; rows with `options` (a {letter: text} object or a list) and
+    `answer_idx` (or a letter, or the option's text, in `answer`) are multiple-choice items too.
+
+    `strict=False` (rows held out of a training set) drops unusable options instead of failing.
+    """
+    items = []
+    for number, (row, example) in enumerate(zip(rows, examples, strict=True), start=1):
+        try:
+            options = _options(row.get("options"), name, number)
+            gold = _gold(row, options, name, number) if options else None
+        except DatasetError:
+            if strict:
+                raise
+            options, gold = None, None
+        items.append(EvalItem(example.question, example.reasoning, example.answer, options, gold))
+    return items
+
+
+def _options(value, name: str, number: int) -> dict[str, str] | None:
+    if value in (None, "", [], {}):
+        return None
+    if isinstance(value, list):
+        value = {chr(ord("A") + i): text for i, text in enumerate(value)}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise DatasetError(f"{name}, row {number}: 'options' must be a {{letter: text}} object or a list of texts")
+    return {str(k).strip().upper(): v.strip() for k, v in value.items()}
+
+
+def _gold(row: dict, options: dict[str, str], name: str, number: int) -> str:
+    """The correct letter from `answer_idx` (a letter or a 0-based index) or `answer` (letter or text)."""
+    for key in ("answer_idx", "answer"):
+        value = row.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(options):
+            return list(options)[value]
+        if isinstance(value, str):
+            text = value.strip().strip("().").upper()
+            if text in options:
+                return text
+            matches = [k for k, v in options.items() if v.lower() == value.strip().lower()]
+            if matches:
+                return matches[0]
+    raise DatasetError(f"{name}, row {number}: has options but no answer_idx (or answer) naming one of them")
+
+
+def holdout_indices(total: int, rows: int, seed: int = 0) -> list[int]:
+    """Which of `total` rows to hold out of training: `rows` of them at random (fixed by `seed`), in order."""
+    if rows <= 0:
+        return []
+    if rows >= total:
+        raise DatasetError(f"cannot hold out {rows} of {total} rows: nothing would be left to train on")
+    return sorted(random.Random(seed).sample(range(total), rows))
+
+

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from finetune.config import DataSettings
-from finetune.data import Example, LoadedRows, load_examples
+from finetune.data import EvalItem, Example, LoadedRows, eval_items, holdout_indices, load_examples
 from inference.think import THINK_CLOSE, THINK_OPEN
 
 IGNORE_INDEX = -100
@@ -143,6 +143,8 @@ class PreparedDataset:
     stats: LengthStats
     lengths: list[int] = field(repr=False)
     columns: dict[str, str] = field(default_factory=dict)
+    heldout: list[EvalItem] = field(default_factory=list)
+    """Rows kept out of training, for the evaluation at the end of the run."""
 
     def to_hf_dataset(self):
         from datasets import Dataset
@@ -196,7 +198,12 @@ def prepare_dataset(data: DataSettings, tokenizer, max_length: int) -> PreparedD
 
 
 def tokenize_rows(rows: LoadedRows, data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
-    """Tokenize rows already read (the CLI reads and checks them before the model loads)."""
-    prepared = tokenize_examples(tokenizer, rows.examples, data.template, max_length, data.system_prompt, rows.name)
+    """Tokenize rows already read (the CLI reads and checks them before the model loads), less the
+    `data.holdout_rows` held out for evaluation."""
+    held = set(holdout_indices(len(rows.examples), data.holdout_rows))
+    train = [example for i, example in enumerate(rows.examples) if i not in held]
+    prepared = tokenize_examples(tokenizer, train, data.template, max_length, data.system_prompt, rows.name)
     prepared.columns = rows.mapping.as_dict()
+    prepared.heldout = eval_items([rows.rows[i] for i in sorted(held)], [rows.examples[i] for i in sorted(held)],
+                                  rows.name, strict=False)
     return prepared

@@ -33,6 +33,8 @@ class TrainingJob:
         self.result: dict | None = None
         self.started_at = time.time()
         self.stop_requested = threading.Event()
+        self.evaluating: str | None = None
+        """While the run evaluates on its held-out rows: e.g. "fine-tuned 3/8"."""
         self._changed = threading.Condition()
         self.thread: threading.Thread | None = None
 
@@ -82,4 +84,5 @@ class TrainingJob:
             "elapsed_s": round(time.time() - self.started_at, 1),
             "eta_s": last.get("eta_s"),
             "error": self.error,
+            "evaluating": self.evaluating,
         }

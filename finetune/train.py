@@ -55,6 +55,8 @@ def _run_job(loaded, data, train, lora, output_dir, job) -> None:
     try:
         with loaded.lock:  # waits for a chat in progress to finish; chat waits for us in turn
             result = run_training(loaded, data, train, lora, output_dir, job)
+            if data.heldout and result["status"] == "done":
+                result["eval"] = evaluate_heldout(loaded, data, train, output_dir, job)
         job.finish(result["status"], result=result)
     except Exception as err:  # the job ends with a readable error; the app and base model stay usable
         traceback.print_exc()
@@ -92,6 +94,35 @@ def run_training(
         FastLanguageModel.for_inference(model)
     status = "stopped" if job.stop_requested.is_set() else "done"
     return save_run(loaded, data, train, lora, output_dir, job, status)
+
+
+def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSettings, output_dir: Path,
+                     job: TrainingJob) -> dict:
+    """Base vs fine-tuned on the rows held out of this run; the figures join run.json.
+
+    The held-out rows go to heldout.jsonl and the per-question answers to eval.json, so the
+    Evaluate tab and `python -m finetune eval` can look at them again.
+    """
+    from finetune.evaluate import EvalSettings, evaluate, item_rows, save_items
+
+    settings = EvalSettings(template=data.template, max_length=train.max_length,
+                            max_new_tokens=train.eval_max_new_tokens, generate=train.eval_generate)
+    names = {"base": "base", "finetuned": "fine-tuned"}
+
+    def progress(model: str, done: int, total: int) -> None:
+        job.evaluating = f"{names[model]} {done}/{total}"
+
+    job.evaluating = f"held-out loss on {len(data.heldout)} rows"
+    try:
+        report = evaluate(loaded, data.heldout, settings, stop=job.stop_requested, on_progress=progress)
+    finally:
+        job.evaluating = None
+    save_items(data.heldout, output_dir / "heldout.jsonl")
+    (output_dir / "eval.json").write_text(json.dumps({**report.as_dict(), "items": item_rows(report)}, indent=2))
+    record = json.loads((output_dir / "run.json").read_text())
+    record["eval"] = report.as_dict()
+    (output_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    return report.as_dict()
 
 
 def build_sft_config(train: TrainSettings, output_dir: Path, device: str):

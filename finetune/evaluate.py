@@ -1,0 +1,347 @@
+"""What fine-tuning changed, measured on rows the model never trained on: base vs fine-tuned.
+
+    items = load_eval_items("../shared/data/medical_o1_sample.jsonl", limit=20)
+    report = evaluate(loaded, items, EvalSettings())
+    report.metrics["base"]["format_adherence"], report.metrics["finetuned"]["mcq_accuracy"]
+
+Measures, for the model with its adapter off ("base") and on ("finetuned"):
+- held-out loss and perplexity on the reasoning and answer tokens (rows that have both);
+- format adherence: the share of generations with a closed reasoning block and a non-empty answer;
+- multiple-choice accuracy, the HuatuoGPT-o1 way: the question and its lettered options in one
+  prompt, free generation, then the chosen letter read from the answer (never the reasoning);
+- mean reasoning and answer length in tokens, and generation time.
+
+Generation is greedy, so a run can be repeated and compared.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from finetune.data import DatasetError, EvalItem, Example, eval_items, read_source, resolve_columns, to_examples
+from finetune.formats import (
+    IGNORE_INDEX,
+    build_prompt,
+    effective_template,
+    prompt_opens_reasoning,
+    reasoning_tags,
+    tokenize_examples,
+)
+from finetune.models import LoadedModel
+from inference.think import split_think
+
+MODELS = {"base": False, "finetuned": True}
+"""Name in the report -> whether the LoRA adapter is on."""
+PUBLISHED = {
+    "source": "HuatuoGPT-o1 paper (Chen et al., 2024), Table 1; published figures, not measured here",
+    "columns": ["MedQA", "MedMCQA", "PubMedQA"],
+    "rows": {
+        "HuatuoGPT-o1-8B": [72.6, 60.4, 79.2],
+        "Llama-3.1-8B-Instruct": [58.7, 56.0, 75.2],
+    },
+}
+
+
+@dataclass
+class EvalSettings:
+    limit: int | None = None
+    """Evaluate at most this many items (the first ones); None: all."""
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    """Questions generated together (greedy)."""
+    template: str = "chat"
+    """The template the adapter was trained with (see `finetune.adapters.read_run_template`)."""
+    system_prompt: str = ""
+    max_length: int = 2048
+    """Rows are cut to this many tokens for the held-out loss, as in training."""
+    generate: bool = True
+    """False: held-out loss only (seconds instead of minutes on a CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"the sample size must be at least 1, not {self.limit}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1")
+
+
+@dataclass
+class ItemResult:
+    index: int
+    question: str
+    gold: str | None
+    reasoning: str
+    answer: str
+    format_ok: bool
+    choice: str | None
+    correct: bool | None
+    reasoning_tokens: int
+    answer_tokens: int
+    seconds: float
+
+
+@dataclass
+class EvalReport:
+    metrics: dict[str, dict] = field(default_factory=dict)
+    """{"base": {...}, "finetuned": {...}}: see `summarize`."""
+    items: dict[str, list[ItemResult]] = field(default_factory=dict)
+    stopped: bool = False
+
+    def as_dict(self) -> dict:
+        return {**self.metrics, "stopped": self.stopped}
+
+
+# ---------------------------------------------------------------------------------------------
+# Items
+
+
+def load_eval_items(source: str, columns: dict[str, str] | None = None, limit: int | None = None) -> list[EvalItem]:
+    """Read evaluation items from a preset or a file (see `finetune.data.eval_items`)."""
+    raw = read_source(source)
+    rows = raw.rows[:limit] if limit else raw.rows
+    mapping = resolve_columns(raw.columns, columns or {}, raw.name, need_answer="options" not in raw.columns)
+    items = eval_items(rows, to_examples(rows, mapping, raw.name, strict=False), raw.name)
+    if not items:
+        raise DatasetError(f"{raw.name}: no rows to evaluate")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the chosen letter
+
+_ANSWER_IS = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|would be|:)?\s*[:\-]?\s*(?:option\s*)?([\(\[]?)([A-Za-z])([\)\]]?)(?![\w'])",
+    re.IGNORECASE,
+)
+_LEADING_LETTER = re.compile(r"^\W{0,3}([A-Z])(?:\s*[\.\):\]]|\s*$|\s+-\s)")
+
+
+def _ends_phrase(text: str, end: int) -> bool:
+    rest = text[end:].lstrip(" ")
+    return not rest or rest[0] in ".,;:!\n"
+
+
+def extract_choice(answer: str, options: dict[str, str]) -> str | None:
+    """The option letter an answer chose, or None when it cannot be told (counted as wrong).
+
+    Reads, in this order: "the answer is C" / "Answer: (C)" / "option C" (the last such phrase
+    wins); an answer that starts with the letter ("C.", "(C)", "C) ..."); the text of exactly one
+    option (the longest, when one option's text holds another's).
+    """
+    text = answer.replace("**", "").replace("*", "").strip()
+    if not text:
+        return None
+    # A lowercase letter counts only in brackets or at the end of a phrase: "the answer is a ..." is an article.
+    phrases = [m.group(2).upper() for m in _ANSWER_IS.finditer(text)
+               if m.group(2).isupper() or m.group(1) or m.group(3) or _ends_phrase(text, m.end())]
+    phrases = [letter for letter in phrases if letter in options]
+    if phrases:
+        return phrases[-1]
+    leading = _LEADING_LETTER.match(text)
+    if leading and leading.group(1) in options:
+        return leading.group(1)
+    lowered = text.lower()
+    named = [letter for letter, option in options.items() if option and option.lower() in lowered]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        longest = max(named, key=lambda letter: len(options[letter]))
+        if all(options[other].lower() in options[longest].lower() for other in named):
+            return longest
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: EvalSettings,
+                  use_adapter: bool) -> tuple[float | None, int]:
+    """Mean loss per trained token (reasoning and answer) over the items that have a reference answer."""
+    import torch
+
+    from finetune.adapters import adapter_switched
+
+    examples = [Example(i.question, i.reasoning, i.answer) for i in items if i.has_reference]
+    if not examples:
+        return None, 0
+    data = tokenize_examples(loaded.tokenizer, examples, settings.template, settings.max_length, settings.system_prompt)
+    total, count = 0.0, 0
+    model = loaded.model
+    with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
+        model.eval()
+        device = next(model.parameters()).device
+        for row in data.rows:
+            ids = torch.tensor([row.input_ids], device=device)
+            labels = torch.tensor([row.labels], device=device)
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            targets = labels[0, 1:]
+            losses = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            total += float(losses)
+            count += int((targets != IGNORE_INDEX).sum())
+    return (total / count if count else None), count
+
+
+def generate_answers(
+    loaded: LoadedModel,
+    items: Sequence[EvalItem],
+    settings: EvalSettings,
+    use_adapter: bool,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[ItemResult]:
+    """Greedy answers to the items, a batch at a time; `on_batch(done)` after each batch."""
+    import torch
+
+    from finetune.adapters import adapter_switched
+
+    tokenizer = loaded.tokenizer
+    template = effective_template(settings.template, tokenizer)
+    open_tag, close_tag = reasoning_tags(template)
+    results: list[ItemResult] = []
+    for start in range(0, len(items), settings.batch_size):
+        if stop is not None and stop.is_set():
+            break
+        batch = items[start : start + settings.batch_size]
+        prompts = [build_prompt(tokenizer, item.prompt_question, template, settings.system_prompt) for item in batch]
+        began = time.perf_counter()
+        with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
+            texts = _generate_batch(loaded, prompts, settings.max_new_tokens, stop)
+        seconds = (time.perf_counter() - began) / len(batch)
+        for offset, (item, prompt, text) in enumerate(zip(batch, prompts, texts, strict=True)):
+            opened = prompt_opens_reasoning(prompt, template)
+            split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
+            has_block = opened or text.lstrip().startswith(open_tag)
+            choice = extract_choice(split.answer, item.options) if item.options and split.closed else None
+            results.append(ItemResult(
+                index=start + offset,
+                question=item.question,
+                gold=item.gold,
+                reasoning=split.thinking,
+                answer=split.answer if split.closed else "",
+                format_ok=has_block and split.closed and bool(split.answer),
+                choice=choice,
+                correct=(choice == item.gold) if item.options else None,
+                reasoning_tokens=_count_tokens(tokenizer, split.thinking),
+                answer_tokens=_count_tokens(tokenizer, split.answer if split.closed else ""),
+                seconds=round(seconds, 2),
+            ))
+        if on_batch is not None:
+            on_batch(len(results))
+    return results
+
+
+def _generate_batch(loaded: LoadedModel, prompts: list[str], max_new_tokens: int,
+                    stop: threading.Event | None) -> list[str]:
+    from transformers import StoppingCriteriaList
+
+    from inference.generate import _StopOnEvent
+
+    tokenizer = loaded.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow every prompt directly
+    try:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    inputs = inputs.to(next(loaded.model.parameters()).device)
+    criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
+    output = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                   pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria)
+    new = output[:, inputs["input_ids"].shape[1]:]
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+def _count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def summarize(results: Sequence[ItemResult], loss: float | None, loss_tokens: int) -> dict:
+    """The figures of one model: held-out loss and perplexity, format adherence, MCQ accuracy, lengths, time."""
+    n = len(results)
+    graded = [r for r in results if r.correct is not None]
+
+    def mean(values) -> float | None:
+        values = list(values)
+        return round(sum(values) / len(values), 1) if values else None
+
+    return {
+        "heldout_loss": round(loss, 4) if loss is not None else None,
+        "perplexity": round(math.exp(loss), 2) if loss is not None else None,
+        "loss_tokens": loss_tokens,
+        "format_adherence": round(sum(r.format_ok for r in results) / n, 3) if n else None,
+        "mcq_accuracy": round(sum(bool(r.correct) for r in graded) / len(graded), 3) if graded else None,
+        "mcq_answered": sum(r.choice is not None for r in graded),
+        "n": n,
+        "mcq_n": len(graded),
+        "mean_reasoning_tokens": mean(r.reasoning_tokens for r in results),
+        "mean_answer_tokens": mean(r.answer_tokens for r in results),
+        "mean_generation_s": mean(r.seconds for r in results) if n else None,
+    }
+
+
+def evaluate(
+    loaded: LoadedModel,
+    items: Sequence[EvalItem],
+    settings: EvalSettings,
+    models: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> EvalReport:
+    """Measure base and (when the model has an adapter) fine-tuned on the same items.
+
+    `on_progress(model, done, total)` after each batch of generations; `stop` ends it early, and the
+    report says so (its figures then cover what was done).
+    """
+    if models is None:
+        models = ["base", "finetuned"] if loaded.has_adapter else ["base"]
+    items = list(items)[: settings.limit] if settings.limit else list(items)
+    report = EvalReport()
+    for name in models:
+        if stop is not None and stop.is_set():
+            break
+        use_adapter = MODELS[name]
+        loss, loss_tokens = held_out_loss(loaded, items, settings, use_adapter)
+        results = []
+        if settings.generate:
+            def progress(done: int, name=name) -> None:
+                if on_progress is not None:
+                    on_progress(name, done, len(items))
+
+            results = generate_answers(loaded, items, settings, use_adapter, stop, progress)
+        report.metrics[name] = summarize(results, loss, loss_tokens)
+        report.items[name] = results
+    report.stopped = bool(stop is not None and stop.is_set())
+    return report
+
+
+def save_items(items: Sequence[EvalItem], path) -> None:
+    """Write items as JSON Lines in the medical-o1 shape, which `load_eval_items` reads back."""
+    import json
+    from pathlib import Path
+
+    lines = []
+    for item in items:
+        row = {"Question": item.question, "Complex_CoT": item.reasoning, "Response": item.answer}
+        if item.options:
+            row |= {"options": item.options, "answer_idx": item.gold}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def item_rows(report: EvalReport) -> list[dict]:
+    """One row per question for a drill-down: gold, and each model's reasoning, answer and verdict."""
+    names = list(report.items)
+    if not names:
+        return []
+    rows = []
+    for position, first in enumerate(report.items[names[0]]):
+        row = {"index": first.index, "question": first.question, "gold": first.gold}
+        for name in names:
+            if position < len(report.items[name]):
+                row[name] = asdict(report.items[name][position])
+        rows.append(row)
+    return rows
