@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows kept out of training and evaluated on at the end, base vs fine-tuned")
     train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction, default=True,
                        help="with --holdout: generate answers too (format, accuracy), not only the loss")
+    train.add_argument("--eval-max-new-tokens", type=int, default=512)
     commands.choices["preview"].add_argument("--rows", type=int, default=2)
     evaluate = commands.add_parser("eval", help="base vs fine-tuned on held-out rows; one JSON object last")
     evaluate.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
@@ -111,7 +112,7 @@ def _settings(args):
     }
     fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
     fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs,
-                  eval_generate=args.eval_generate)
+                  eval_generate=args.eval_generate, eval_max_new_tokens=args.eval_max_new_tokens)
     if args.max_steps is not None:
         fields["max_steps"] = args.max_steps or None
     lora = lora_for_device(device)

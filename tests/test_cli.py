@@ -28,6 +28,10 @@ def cli_run(tmp_path_factory):
         "160",
         "--max-rows",
         "12",
+        "--holdout",
+        "2",
+        "--eval-max-new-tokens",
+        "8",
         "--output",
         str(output),
     )
@@ -41,6 +45,12 @@ def test_train_prints_a_json_line_per_step_then_the_result(cli_run):
     assert [line["step"] for line in lines[:-1]] == [1, 2, 3]
     final = lines[-1]
     assert final["status"] == "done" and final["steps"] == 3
+    # 2 of the 12 rows were held out, and evaluated on at the end: base vs fine-tuned.
+    assert "10 rows" in result.stderr and "2 held out" in result.stderr
+    assert final["eval"]["base"]["n"] == final["eval"]["finetuned"]["n"] == 2
+    assert final["eval"]["finetuned"]["heldout_loss"] < final["eval"]["base"]["heldout_loss"]
+    assert json.loads((output / "run.json").read_text())["eval"] == final["eval"]
+    assert len((output / "heldout.jsonl").read_text().splitlines()) == 2
     assert final["loss_first"] == lines[0]["loss"] and final["loss_last"] == lines[-2]["loss"]
     assert final["adapter"] == str(output / "adapter") and (output / "adapter" / "adapter_config.json").is_file()
     # What the run chose is visible: the CPU demo recipe, length-grouped batches, the backend.
@@ -66,6 +76,25 @@ def test_inference_json_with_the_trained_adapter(cli_run):
     assert set(reply) >= {"thinking", "answer"} and (reply["thinking"] or reply["answer"])
 
 
+def test_eval_prints_base_and_finetuned_on_the_runs_heldout_rows(cli_run):
+    _, output = cli_run
+    result = run("finetune", "eval", "--adapter", str(output), "--max-new-tokens", "8", "--max-length", "160")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert set(figures) == {"base", "finetuned"} and "2 rows from heldout.jsonl" in result.stderr
+    for model in figures.values():
+        assert {"heldout_loss", "perplexity", "format_adherence", "mcq_accuracy", "n", "mean_reasoning_tokens",
+                "mean_answer_tokens"} <= set(model) and model["n"] == 2
+        assert model["mcq_accuracy"] is None  # the bundled sample has no options
+
+
+def test_eval_on_a_multiple_choice_file_without_an_adapter():
+    result = run("finetune", "eval", "--dataset", "sample-mcq", "--limit", "2", "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert set(figures) == {"base"} and figures["base"]["mcq_n"] == 2 and figures["base"]["heldout_loss"] is None
+
+
 def test_inference_streams_to_the_terminal():
     result = run("inference", "--max-new-tokens", "12", "--temperature", "0", "What is sepsis?")
     assert result.returncode == 0, result.stderr
@@ -87,6 +116,7 @@ def test_inference_decoders_write_the_same_greedy_answer():
         (["--dataset", "pyproject.toml"], "unsupported file type '.toml'"),
         (["--model", "./nowhere"], "no such local folder"),
         (["--max-steps", "ten"], "invalid int value: 'ten'"),
+        (["--holdout", "64"], "cannot hold out 64 of 64 rows"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
