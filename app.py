@@ -31,6 +31,15 @@ from finetune.dashboard import (  # noqa: E402
     progress_line,
 )
 from finetune.data import ROLES, DatasetError  # noqa: E402
+from finetune.eval_view import (  # noqa: E402
+    metrics_headers,
+    metrics_rows,
+    published_markdown,
+    question_detail,
+    question_headers,
+    question_rows,
+)
+from finetune.evaluate import EvalSettings  # noqa: E402
 from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
 from finetune.preview import MAX_UPLOAD_MB, preview_dataset, read_dataset  # noqa: E402
@@ -152,6 +161,11 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                 seed = gr.Number(train.seed, precision=0, label="Seed")
                 run_name = gr.Textbox("", label="Run name (folder under runs/)", placeholder="automatic")
             with gr.Row():
+                holdout = gr.Number(8, precision=0, minimum=0, label="Hold out rows (never trained on; evaluated "
+                                    "base vs fine-tuned at the end)", elem_id="holdout")
+                eval_answers = gr.Checkbox(True, label="At the end, also generate answers for the held-out rows "
+                                           "(format and accuracy; takes longer than the loss alone)")
+            with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
             progress_bar = gr.HTML(_progress_html(0.0), elem_id="train-progress")
@@ -164,6 +178,8 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                 lr_plot = gr.LinePlot(x="step", y="value", label="Learning rate", height=320)
                 grad_plot = gr.LinePlot(x="step", y="value", label="Gradient norm", height=320)
             train_log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train-log")
+            train_eval = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], label="Held-out evaluation",
+                                      interactive=False, elem_id="train-eval")
             timer = gr.Timer(1.0, active=False)
 
         with gr.Tab("Chat", id="chat"):
@@ -194,6 +210,36 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                     chat_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
                                               ("### template", "plain")], value="auto", label="Prompt template")
                     chat_system = gr.Textbox("", label="System prompt (R1 advice: leave empty)")
+
+        with gr.Tab("Evaluate", id="evaluate"):
+            gr.Markdown("Base vs fine-tuned on questions the adapter never trained on: held-out loss, whether the "
+                        "answer follows a closed reasoning block, and multiple-choice accuracy (the letter is read "
+                        "from the answer, never from the reasoning). Greedy decoding, so a run can be repeated.\n\n"
+                        + DISCLAIMER)
+            with gr.Row():
+                eval_source = gr.Dropdown(list(Workspace.EVALUATION_SOURCES), value="sample-mcq", label="Evaluate on",
+                                          elem_id="eval-source", scale=3)
+                eval_upload = gr.File(label="Or a file: Question/Complex_CoT/Response rows, with options and "
+                                      "answer_idx for multiple choice", file_types=[".jsonl", ".json", ".csv",
+                                      ".parquet"], type="filepath", elem_id="eval-upload", scale=3)
+            with gr.Row():
+                eval_limit = gr.Number(8, precision=0, minimum=1, label="Sample size (first N questions)")
+                eval_tokens = gr.Number(512 if device == "cpu" else 2048, precision=0, minimum=16,
+                                        label="Max new tokens per answer")
+                eval_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
+                                          ("### template", "plain")], value="auto", label="Prompt template")
+            with gr.Row():
+                eval_button = gr.Button("Evaluate", variant="primary", elem_id="run-eval")
+                eval_stop_button = gr.Button("Stop", variant="stop", elem_id="stop-eval")
+            eval_status = gr.Markdown(elem_id="eval-status")
+            eval_table = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], interactive=False,
+                                      label="Base vs fine-tuned", elem_id="eval-table")
+            eval_questions = gr.Dataframe(interactive=False, label="Per question (✓ right, ✗ wrong or no letter)",
+                                          elem_id="eval-questions", wrap=True)
+            eval_pick = gr.Number(1, precision=0, minimum=1, label="Show question number", elem_id="eval-pick")
+            eval_detail = gr.Markdown("Run an evaluation, then pick a question number.", elem_id="eval-detail")
+            gr.Markdown(published_markdown(), elem_id="published")
+            eval_report = gr.State(None)
 
         # ---------------------------------------------------------------------------------------
         # Model
@@ -257,16 +303,18 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         # Training
 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
-                  optim, batches, checkpoint, train_seed, name):
+                  optim, batches, checkpoint, train_seed, name, held_out, answers):
             try:
                 train_settings = TrainSettings(
                     micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),
                     max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
                     max_length=int(length or model_max_length), seed=int(train_seed or 0), sampling=batches,
+                    eval_generate=bool(answers),
                 )
                 lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
                                              gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
-                data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system)
+                data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system,
+                                    holdout_rows=int(held_out or 0))
                 workspace.start_training(rows, data, train_settings, lora_settings, name or "")
             except VISITOR_ERRORS as err:
                 return f"⚠ {err}", gr.Timer(active=workspace.training)
@@ -289,6 +337,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                 lr_frame,
                 grad_frame,
                 log_lines(job),
+                _eval_frame((job.result or {}).get("eval") if job else None),
                 gr.Timer(active=workspace.training),
             )
 
@@ -316,6 +365,29 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
 
         def stop_chat(request: gr.Request):
             workspace.stop_chat(request.session_hash)
+
+        # ---------------------------------------------------------------------------------------
+        # Evaluate
+
+        def run_evaluation(source_name, upload_path, limit, new_tokens, prompt_template, request: gr.Request):
+            try:
+                settings = EvalSettings(limit=int(limit or 1), max_new_tokens=int(new_tokens or 16),
+                                        template=prompt_template)
+                for line, report in workspace.evaluate(source_name, upload_path, settings, request.session_hash):
+                    if report is None:
+                        yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                        continue
+                    table = pd.DataFrame(metrics_rows(report.metrics), columns=metrics_headers(report.metrics))
+                    questions = pd.DataFrame(question_rows(report), columns=question_headers(report))
+                    yield line, table, questions, report, question_detail(report, 1)
+            except VISITOR_ERRORS as err:
+                yield f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+        def stop_evaluation(request: gr.Request):
+            workspace.stop_evaluation(request.session_hash)
+
+        def show_question(report, number):
+            return question_detail(report, int(number or 1)) if report is not None else gr.skip()
 
         def show_panes(mode_name):
             panes = CHAT_MODES[mode_name]
@@ -346,12 +418,13 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         start_button.click(
             start,
             [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
-             lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, sampling, checkpointing, seed, run_name],
+             lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, sampling, checkpointing, seed, run_name,
+             holdout, eval_answers],
             [train_status, timer],
             api_name="start_training",
         )
         stop_button.click(stop, None, train_status, api_name="stop_training")
-        dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, timer]
+        dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, train_eval, timer]
         timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden", api_name="dashboard")
 
         chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
@@ -365,6 +438,14 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         chat_stop_button.click(stop_chat, None, None, api_name="stop_chat")
         clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status], api_name=False)
         mode.change(show_panes, mode, [base_chat, tuned_chat], api_name=False)
+
+        eval_inputs = [eval_source, eval_upload, eval_limit, eval_tokens, eval_template]
+        eval_outputs = [eval_status, eval_table, eval_questions, eval_report, eval_detail]
+        eval_button.click(run_evaluation, eval_inputs, eval_outputs, api_name="evaluate", concurrency_id="model",
+                          concurrency_limit=1)
+        eval_stop_button.click(stop_evaluation, None, None, api_name="stop_evaluation")
+        eval_pick.change(show_question, [eval_report, eval_pick], eval_detail, api_name=False)
+        eval_upload.upload(lambda: "upload", None, eval_source, api_name=False)
 
         # A new or reloaded page shows the shared model and re-attaches to a running job.
         demo.load(model_status_now, None, [model_status, model_timer], api_name=False)
@@ -387,6 +468,11 @@ def _model_markdown(info) -> str:
     ]
     table = "\n".join(f"| {key} | {html.escape(str(value))} |" for key, value in rows)
     return f"✓ **Loaded.**\n\n| | |\n|---|---|\n{table}"
+
+
+def _eval_frame(metrics: dict | None) -> pd.DataFrame | None:
+    figures = {k: v for k, v in (metrics or {}).items() if k in ("base", "finetuned")}
+    return pd.DataFrame(metrics_rows(figures), columns=metrics_headers(figures)) if figures else None
 
 
 def _progress_html(fraction: float) -> str:

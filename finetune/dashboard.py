@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from finetune.eval_view import eval_line
 from finetune.job import TrainingJob
 
 
@@ -57,6 +58,8 @@ def progress_line(job: TrainingJob | None) -> str:
     if job.status == "running":
         if not job.metrics:
             return f"Starting: preparing the model and the first step ({p['elapsed_s']:.0f} s)…"
+        if p["evaluating"]:
+            return f"Trained {where}; now evaluating base vs fine-tuned on the held-out rows: {p['evaluating']}…"
         speed = f"{last['tokens_per_s']:,.0f} tokens/s" if last.get("tokens_per_s") else ""
         eta = f"ETA {_duration(p['eta_s'])}" if p["eta_s"] is not None else ""
         parts = [f"Training: {where}", f"loss {p['loss']:.3f}", speed, eta, f"elapsed {_duration(p['elapsed_s'])}"]
@@ -69,7 +72,8 @@ def progress_line(job: TrainingJob | None) -> str:
     if result.get("loss_first") is not None:
         losses = f" · loss {result['loss_first']:.3f} → {result['loss_last']:.3f}"
     runtime = _duration(result.get("runtime_s", 0))
-    return f"{verb} at {where}{losses} · {runtime} · adapter saved to {result.get('adapter')}"
+    evaluated = f" · {eval_line(result['eval'])}" if result.get("eval") else ""
+    return f"{verb} at {where}{losses} · {runtime} · adapter saved to {result.get('adapter')}{evaluated}"
 
 
 def log_lines(job: TrainingJob | None, last: int = 12) -> str:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import LoadedRows
+from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows
+from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model
@@ -44,6 +45,7 @@ class Workspace:
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _chat_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     """One stop switch per visitor's reply in progress, so Stop ends that visitor's reply only."""
+    _eval_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
 
     @property
     def training(self) -> bool:
@@ -123,6 +125,76 @@ class Workspace:
     def stop_chat(self, visitor: str = "") -> None:
         """End this visitor's reply in progress; what was written so far stays, marked as stopped."""
         stop = self._chat_stops.get(visitor)
+        if stop is not None:
+            stop.set()
+
+    EVALUATION_SOURCES = (
+        ("Held-out rows of the latest run (never trained on)", "heldout"),
+        ("Bundled multiple-choice questions (44)", "sample-mcq"),
+        ("Bundled clinical vignettes (64; the default training set, so not held out)", "sample"),
+        ("Upload a file", "upload"),
+    )
+
+    def _heldout_file(self) -> Path | None:
+        if self.job is None or self.job.running:
+            return None
+        path = Path(self.job.output_dir) / "heldout.jsonl"
+        return path if path.is_file() else None
+
+    def evaluate(
+        self, source: str, upload: str | None, settings: EvalSettings, visitor: str = ""
+    ) -> Iterator[tuple[str, EvalReport | None]]:
+        """Evaluate base and fine-tuned in a worker thread; yield (progress line, None) about twice a
+        second, then (summary line, report). `stop_evaluation(visitor)` ends it early."""
+        from finetune.evaluate import evaluate, load_eval_items
+
+        loaded = self.require_model()
+        if self.training:
+            raise WorkspaceError("A training run is going on; evaluate when it ends or is stopped.")
+        files = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "upload": upload,
+                 "heldout": str(self._heldout_file() or "")}
+        path = files.get(source)
+        if not path:
+            raise WorkspaceError({"upload": "Upload a file first.",
+                                  "heldout": "No finished run with held-out rows yet: train with “Hold out rows” "
+                                             "above 0 first, or pick another source."}.get(source,
+                                                                                           "Pick what to evaluate on."))
+        items = load_eval_items(path, limit=settings.limit)
+        if settings.template == "auto":
+            settings = replace(settings, template=self.trained_template or "chat")
+        stop = self._eval_stops[visitor] = threading.Event()
+        progress = [f"Evaluating {len(items)} questions: held-out loss…"]
+        outcome: list = []
+
+        def on_progress(model: str, done: int, total: int) -> None:
+            progress[0] = f"Evaluating: {'fine-tuned' if model == 'finetuned' else model} {done}/{total} answered…"
+
+        def work() -> None:
+            try:
+                outcome.append(evaluate(loaded, items, settings, stop=stop, on_progress=on_progress))
+            except Exception as err:  # shown to the visitor below
+                outcome.append(err)
+
+        worker = threading.Thread(target=work, name="evaluate", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                yield progress[0], None
+                worker.join(0.5)
+        except GeneratorExit:  # the page went away: stop instead of keeping the model busy
+            stop.set()
+            raise
+        finally:
+            if self._eval_stops.get(visitor) is stop:
+                del self._eval_stops[visitor]
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        report = outcome[0]
+        done = "Stopped; the figures cover the questions answered so far." if report.stopped else "Done."
+        yield f"{done} {len(items)} questions from {Path(path).name}.", report
+
+    def stop_evaluation(self, visitor: str = "") -> None:
+        stop = self._eval_stops.get(visitor)
         if stop is not None:
             stop.set()
 

@@ -13,7 +13,7 @@ QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How shoul
 # preview_dataset inputs after the column pickers: template, system prompt, max length, preview row
 PREVIEW_SETTINGS = ("chat", "", 256, 1)
 # start_training inputs: template, system prompt, max length, steps, lr, micro-batch, accumulation, r, alpha,
-# dropout, warm-up, schedule, optimizer, batches, checkpointing, seed, run name
+# dropout, warm-up, schedule, optimizer, batches, checkpointing, seed; then run name, held-out rows, answers at end
 TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torch", "group_by_length", False,
                   3407)
 
@@ -93,9 +93,9 @@ def test_two_visitors_share_one_run(url, app_server):
     first.predict("embedded", False, 256, "auto", api_name="/load_model")
     pick_dataset(first)
     pick_dataset(second)
-    started, _ = first.predict(*TRAIN_SETTINGS, "shared", api_name="/start_training")
+    started, _ = first.predict(*TRAIN_SETTINGS, "shared", 0, False, api_name="/start_training")
     assert started == "Starting…"
-    refused, _ = second.predict(*TRAIN_SETTINGS, "other", api_name="/start_training")
+    refused, _ = second.predict(*TRAIN_SETTINGS, "other", 0, False, api_name="/start_training")
     assert refused.startswith("⚠ busy: a training job is already running")
     *_, chat_status = second.predict(QUESTION, [], [], "Base only", 16, 0.0, 0.95, 1.0, 0, "auto", "",
                                      api_name="/chat")
@@ -120,3 +120,35 @@ def test_stop_ends_the_visitors_reply_in_progress(url):
     client.predict(api_name="/stop_chat")
     base, *_ = job.result(timeout=120)
     assert text(base[-1]) == STOPPED and len(job.outputs()) < 200
+
+
+def test_a_run_holds_rows_out_and_the_evaluate_tab_compares_on_them(url, app_server):
+    workspace = app_server[1]
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    pick_dataset(client)
+    settings = (*TRAIN_SETTINGS[:3], 4, *TRAIN_SETTINGS[4:])  # 4 steps
+    started, _ = client.predict(*settings, "heldout", 3, False, api_name="/start_training")
+    assert started == "Starting…"
+    assert workspace.job.wait(timeout=600) and workspace.job.status == "done", workspace.job.error
+    _, status, *_, eval_table, _ = client.predict(api_name="/dashboard")
+    assert "held-out loss" in status  # e.g. "held-out loss 2.712 → 2.604 (-4%)"
+    measures = [row[0] for row in eval_table["data"]]
+    assert measures[0].startswith("Held-out loss") and eval_table["headers"] == ["Measure", "Base", "Fine-tuned"]
+
+    line, table, questions, detail = client.predict("heldout", None, 2, 16, "auto", api_name="/evaluate")
+    assert line == "Done. 2 questions from heldout.jsonl."
+    assert table["headers"] == ["Measure", "Base", "Fine-tuned"]
+    assert any(row[0].startswith("Format") for row in table["data"])
+    assert len(questions["data"]) == 2 and detail.startswith("**Question 1.**")
+
+
+def test_evaluate_with_a_bad_file_says_what_is_wrong(url, tmp_path):
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q?", "options": {"A": "x", "B": "y"}, "answer_idx": "Z"}\n')
+    from gradio_client import handle_file
+
+    line, *_ = client.predict("upload", handle_file(str(bad)), 2, 16, "auto", api_name="/evaluate")
+    assert line.startswith("⚠ bad.jsonl, row 1: has options but no answer_idx")

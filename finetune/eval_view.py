@@ -1,0 +1,107 @@
+"""What a person comparing base and fine-tuned sees: the figures side by side, one row per question,
+and one question in full. Pure functions of an evaluation report (or its JSON form, from run.json).
+"""
+
+from __future__ import annotations
+
+from finetune.evaluate import PUBLISHED, EvalReport, ItemResult
+
+TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
+MEASURES = [
+    ("heldout_loss", "Held-out loss (reasoning + answer tokens)", "{:.3f}"),
+    ("perplexity", "Perplexity", "{:.1f}"),
+    ("format_adherence", "Format: closed reasoning, then an answer", "{:.0%}"),
+    ("mcq_accuracy", "Multiple-choice accuracy", "{:.0%}"),
+    ("mean_reasoning_tokens", "Mean reasoning length (tokens)", "{:.0f}"),
+    ("mean_answer_tokens", "Mean answer length (tokens)", "{:.0f}"),
+    ("mean_generation_s", "Generation time per question (s)", "{:.1f}"),
+    ("n", "Questions", "{}"),
+]
+
+
+def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
+    """[measure, base, fine-tuned] rows; a measure that does not apply (no options, no reference) shows "–"."""
+    names = [name for name in TITLES if name in metrics]
+    rows = []
+    for key, label, style in MEASURES:
+        values = [metrics[name].get(key) for name in names]
+        if all(value is None for value in values):
+            continue
+        rows.append([label, *("–" if value is None else style.format(value) for value in values)])
+    return rows
+
+
+def metrics_headers(metrics: dict[str, dict]) -> list[str]:
+    return ["Measure", *(TITLES[name] for name in TITLES if name in metrics)]
+
+
+def eval_line(metrics: dict[str, dict]) -> str:
+    """One line for the Train tab: held-out loss and format, base → fine-tuned."""
+    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
+    parts = []
+    if base.get("heldout_loss") is not None and tuned.get("heldout_loss") is not None:
+        change = (tuned["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"]
+        parts.append(f"held-out loss {base['heldout_loss']:.3f} → {tuned['heldout_loss']:.3f} ({change:+.0%})")
+    for key, label in (("format_adherence", "format"), ("mcq_accuracy", "multiple-choice accuracy")):
+        if base.get(key) is not None and tuned.get(key) is not None:
+            parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
+    return " · ".join(parts)
+
+
+def _verdict(result: ItemResult | None) -> str:
+    if result is None:
+        return ""
+    if result.correct is None:
+        return "format ✓" if result.format_ok else "format ✗"
+    return f"{result.choice or '?'} {'✓' if result.correct else '✗'}"
+
+
+def question_rows(report: EvalReport) -> list[list]:
+    """[#, question, gold, base verdict, fine-tuned verdict] per question."""
+    names = [name for name in TITLES if name in report.items]
+    if not names:
+        return []
+    rows = []
+    for position, first in enumerate(report.items[names[0]]):
+        question = first.question if len(first.question) <= 120 else first.question[:117] + "…"
+        verdicts = [_verdict(report.items[n][position] if position < len(report.items[n]) else None) for n in names]
+        rows.append([position + 1, question, first.gold or "", *verdicts])
+    return rows
+
+
+def question_headers(report: EvalReport) -> list[str]:
+    return ["#", "Question", "Gold", *(TITLES[name] for name in TITLES if name in report.items)]
+
+
+def question_detail(report: EvalReport, number: int) -> str:
+    """Markdown for question `number` (1-based): the question, the gold answer, each model's reasoning and answer."""
+    names = [name for name in TITLES if name in report.items]
+    if not names or not 1 <= number <= len(report.items[names[0]]):
+        return "Run an evaluation, then pick a question number."
+    first = report.items[names[0]][number - 1]
+    parts = [f"**Question {number}.** {first.question}"]
+    if first.gold:
+        parts.append(f"**Gold answer:** {first.gold}")
+    for name in names:
+        result = report.items[name][number - 1] if number - 1 < len(report.items[name]) else None
+        if result is None:
+            continue
+        verdict = "" if result.correct is None else (" ✓ correct" if result.correct else " ✗ wrong")
+        chose = f" · chose **{result.choice}**" if result.choice else (" · no letter found" if result.gold else "")
+        parts.append(
+            f"### {TITLES[name]}{verdict}{chose}\n"
+            f"<details><summary>Reasoning ({result.reasoning_tokens} tokens)</summary>\n\n"
+            f"{result.reasoning or '(none)'}\n\n</details>\n\n"
+            f"**Answer ({result.answer_tokens} tokens):** {result.answer or '(no answer after the reasoning)'}"
+        )
+    return "\n\n".join(parts)
+
+
+def published_markdown() -> str:
+    """The published HuatuoGPT-o1 figures, labelled as context rather than as our measurements."""
+    head = "| Model | " + " | ".join(PUBLISHED["columns"]) + " |\n|---" * (len(PUBLISHED["columns"]) + 1) + "|"
+    rows = "\n".join(f"| {model} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
+                     for model, values in PUBLISHED["rows"].items())
+    return (f"**For context, not measured here:** accuracy (%) on full medical benchmarks, as published in the "
+            f"{PUBLISHED['source'].split(';')[0]}. A small model on a few bundled questions is not comparable.\n\n"
+            f"{head}\n{rows}")
