@@ -214,8 +214,9 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         with gr.Tab("Evaluate", id="evaluate"):
             gr.Markdown("Base vs fine-tuned on questions the adapter never trained on: held-out loss, whether the "
                         "answer follows a closed reasoning block, and multiple-choice accuracy (the letter is read "
-                        "from the answer, never from the reasoning). Greedy decoding, so a run can be repeated.\n\n"
-                        + DISCLAIMER)
+                        "from the answer, never from the reasoning). Greedy decoding, so a run can be repeated. "
+                        "Not medical advice: these figures say how a model answers test questions, not whether "
+                        "it is safe to use.")
             with gr.Row():
                 eval_source = gr.Dropdown(list(Workspace.EVALUATION_SOURCES), value="sample-mcq", label="Evaluate on",
                                           elem_id="eval-source", scale=3)

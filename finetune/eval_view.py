@@ -99,7 +99,7 @@ def question_detail(report: EvalReport, number: int) -> str:
 
 def published_markdown() -> str:
     """The published HuatuoGPT-o1 figures, labelled as context rather than as our measurements."""
-    head = "| Model | " + " | ".join(PUBLISHED["columns"]) + " |\n|---" * (len(PUBLISHED["columns"]) + 1) + "|"
+    head = "| Model | " + " | ".join(PUBLISHED["columns"]) + " |\n" + "|---" * (len(PUBLISHED["columns"]) + 1) + "|"
     rows = "\n".join(f"| {model} | " + " | ".join(f"{v:.1f}" for v in values) + " |"
                      for model, values in PUBLISHED["rows"].items())
     return (f"**For context, not measured here:** accuracy (%) on full medical benchmarks, as published in the "

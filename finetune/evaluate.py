@@ -38,7 +38,7 @@ from inference.think import split_think
 MODELS = {"base": False, "finetuned": True}
 """Name in the report -> whether the LoRA adapter is on."""
 PUBLISHED = {
-    "source": "HuatuoGPT-o1 paper (Chen et al., 2024), Table 1; published figures, not measured here",
+    "source": "HuatuoGPT-o1 paper (Chen et al., 2024); published figures, not measured here",
     "columns": ["MedQA", "MedMCQA", "PubMedQA"],
     "rows": {
         "HuatuoGPT-o1-8B": [72.6, 60.4, 79.2],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from finetune.data import SAMPLE_FILE
+from finetune.data import MCQ_FILE, SAMPLE_FILE
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -160,6 +160,29 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
         )
     page.locator("#send").wait_for(state="visible")
     shoot(page, "5-chat")
+
+
+def test_evaluate_tab_shows_the_figures_and_each_question(page):
+    load_embedded(page)
+    open_tab(page, "Evaluate")
+    page.wait_for_selector("#published:has-text('not measured here')")  # published figures, labelled
+    for label, value in (("Sample size (first N questions)", "2"), ("Max new tokens per answer", "16")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+    page.locator("#run-eval").click()
+    page.wait_for_selector("#eval-status:has-text('Done. 2 questions from clinical_mcq.jsonl')", timeout=180_000)
+    table = page.inner_text("#eval-table")
+    assert "Multiple-choice accuracy" in table and "Format" in table
+    questions = [json.loads(line)["question"] for line in MCQ_FILE.read_text().splitlines()[:3]]
+    shown = page.inner_text("#eval-questions")
+    assert questions[0][:40] in shown and questions[1][:40] in shown and questions[2][:40] not in shown
+    assert "Question 1." in page.inner_text("#eval-detail") and "Gold answer" in page.inner_text("#eval-detail")
+    pick = page.locator("#eval-pick input[type=number]")
+    pick.fill("2")
+    pick.press("Enter")
+    page.wait_for_selector("#eval-detail:has-text('Question 2.')")
+    shoot(page, "6-evaluate")
 
 
 def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, app_server, monkeypatch):
