@@ -214,7 +214,8 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         with gr.Tab("Evaluate", id="evaluate"):
             gr.Markdown("Base vs fine-tuned on questions the adapter never trained on: held-out loss, whether the "
                         "answer follows a closed reasoning block, and multiple-choice accuracy (the letter is read "
-                        "from the answer, never from the reasoning). Greedy decoding, so a run can be repeated. "
+                        "from the answer, never from the reasoning). Sampling as DeepSeek advises (temperature 0.6, "
+                        "top-p 0.95) from a fixed seed, so a run repeats exactly. "
                         "Not medical advice: these figures say how a model answers test questions, not whether "
                         "it is safe to use.")
             with gr.Row():

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
     evaluate.add_argument("--max-new-tokens", type=int, default=512)
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--temperature", type=float, default=0.6, help="0: greedy (R1 advice: 0.6)")
+    evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--max-length", type=int, default=2048)
     evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
     return parser
@@ -226,7 +228,7 @@ def run_eval(args) -> int:
     source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE)}.get(source, source)
     try:
         settings = EvalSettings(limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                max_length=args.max_length,
+                                max_length=args.max_length, temperature=args.temperature, seed=args.seed,
                                 template=args.template or (read_run_template(args.adapter) if args.adapter else "chat"))
         items = load_eval_items(source, args.columns, args.limit)
         loaded = load_model(ModelSettings(args.model, args.load_in_4bit, args.max_length))

@@ -104,7 +104,7 @@ class TrainSettings:
             micro_batch_size=2,
             grad_accum_steps=1,
             warmup_steps=2,
-            max_steps=30,
+            max_steps=60,  # two passes over the bundled sample: enough to learn the reasoning format (README)
             learning_rate=2e-3,  # a 135M model and a few dozen steps: a high rate shows learning
             optimizer="adamw_torch",
             max_length=512,

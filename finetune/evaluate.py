@@ -11,7 +11,8 @@ Measures, for the model with its adapter off ("base") and on ("finetuned"):
   prompt, free generation, then the chosen letter read from the answer (never the reasoning);
 - mean reasoning and answer length in tokens, and generation time.
 
-Generation is greedy, so a run can be repeated and compared.
+Generation samples as DeepSeek advises for R1 models (temperature 0.6, top-p 0.95) from a fixed
+seed, so a run repeats exactly and base and fine-tuned see the same random numbers.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ class EvalSettings:
     """Evaluate at most this many items (the first ones); None: all."""
     max_new_tokens: int = 512
     batch_size: int = 8
-    """Questions generated together (greedy)."""
+    """Questions generated together."""
+    temperature: float = 0.6
+    """DeepSeek's advice for R1 models (0.6, top-p 0.95): greedy decoding makes small models loop and never
+    close their reasoning. 0: greedy. With `seed` fixed, a run repeats exactly."""
+    top_p: float = 0.95
+    seed: int = 0
     template: str = "chat"
     """The template the adapter was trained with (see `finetune.adapters.read_run_template`)."""
     system_prompt: str = ""
@@ -194,7 +200,7 @@ def generate_answers(
     stop: threading.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[ItemResult]:
-    """Greedy answers to the items, a batch at a time; `on_batch(done)` after each batch."""
+    """Answers to the items, a batch at a time; `on_batch(done)` after each batch."""
     import torch
 
     from finetune.adapters import adapter_switched
@@ -210,7 +216,8 @@ def generate_answers(
         prompts = [build_prompt(tokenizer, item.prompt_question, template, settings.system_prompt) for item in batch]
         began = time.perf_counter()
         with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
-            texts = _generate_batch(loaded, prompts, settings.max_new_tokens, stop)
+            torch.manual_seed(settings.seed + start)
+            texts = _generate_batch(loaded, prompts, settings, stop)
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, (item, prompt, text) in enumerate(zip(batch, prompts, texts, strict=True)):
             opened = prompt_opens_reasoning(prompt, template)
@@ -235,7 +242,7 @@ def generate_answers(
     return results
 
 
-def _generate_batch(loaded: LoadedModel, prompts: list[str], max_new_tokens: int,
+def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings,
                     stop: threading.Event | None) -> list[str]:
     from transformers import StoppingCriteriaList
 
@@ -249,7 +256,10 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], max_new_tokens: int
         tokenizer.padding_side = side
     inputs = inputs.to(next(loaded.model.parameters()).device)
     criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
-    output = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+    sampling = settings.temperature > 0
+    output = loaded.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
+                                   temperature=settings.temperature if sampling else None,
+                                   top_p=settings.top_p if sampling else None,
                                    pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria)
     new = output[:, inputs["input_ids"].shape[1]:]
     return tokenizer.batch_decode(new, skip_special_tokens=True)
