@@ -116,7 +116,8 @@ class TrainSettings:
     def fast(cls, **overrides) -> TrainSettings:
         """The seeds' recipe at the same effective batch (8), in one micro-batch of similar lengths:
         the same updates, fewer and fuller kernel launches, less padding (see docs/benchmarks.md)."""
-        return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "group_by_length", **overrides})
+        return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "group_by_length",
+                      "eval_max_new_tokens": 2048, **overrides})  # R1 models reason for long
 
 
 def lora_for_device(device: str) -> LoraSettings:
