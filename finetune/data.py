@@ -408,5 +408,3 @@ def holdout_indices(total: int, rows: int, seed: int = 0) -> list[int]:
     if rows >= total:
         raise DatasetError(f"cannot hold out {rows} of {total} rows: nothing would be left to train on")
     return sorted(random.Random(seed).sample(range(total), rows))
-
-

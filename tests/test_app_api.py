@@ -152,3 +152,18 @@ def test_evaluate_with_a_bad_file_says_what_is_wrong(url, tmp_path):
 
     line, *_ = client.predict("upload", handle_file(str(bad)), 2, 16, "auto", api_name="/evaluate")
     assert line.startswith("⚠ bad.jsonl, row 1: has options but no answer_idx")
+
+
+def test_stop_ends_an_evaluation_in_progress(url):
+    client = visitor(url)
+    client.predict("embedded", False, 256, "auto", api_name="/load_model")
+    job = client.submit("sample-mcq", None, 44, 512, "chat", api_name="/evaluate")
+    deadline = time.time() + 120
+    while not job.outputs() and time.time() < deadline:  # the first progress line
+        time.sleep(0.1)
+    assert job.outputs() and job.outputs()[0][0].startswith("Evaluating 44 questions")
+    client.predict(api_name="/stop_evaluation")
+    line, table, *_ = job.result(timeout=300)
+    assert line == "Stopped; the figures cover the questions answered so far. 44 questions from clinical_mcq.jsonl."
+    questions_row = next(row for row in table["data"] if row[0] == "Questions")
+    assert int(questions_row[1]) < 44
