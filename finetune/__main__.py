@@ -3,6 +3,7 @@
     python -m finetune train --model embedded --dataset sample --holdout 8 --output runs/demo
     python -m finetune preview --model embedded --dataset data.jsonl --rows 2
     python -m finetune eval --model embedded --adapter runs/demo --limit 8
+    python -m finetune export --adapter runs/demo --format merged_16bit --output runs/demo-merged
 
 `train` prints one JSON object per step, then a final one with status, steps, loss_first,
 loss_last, adapter (and eval, with --holdout). `eval` prints one JSON object last:
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--max-length", type=int, default=2048)
     evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
+    export = commands.add_parser("export", help="the adapter or a merged 16-bit model, written atomically")
+    export.add_argument("--model", default="embedded", help="the base model the adapter was trained on")
+    export.add_argument("--adapter", required=True, help="a run folder or adapter folder")
+    export.add_argument("--format", choices=("adapter", "merged_16bit"), default="merged_16bit")
+    export.add_argument("--output", required=True, help="a new folder")
+    export.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
     return parser
 
 
@@ -144,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "export":
+        return run_export(args)
     from finetune.data import DatasetError, load_examples
     from finetune.formats import preview_row, tokenize_rows
     from finetune.job import TrainingBusy
@@ -244,6 +253,24 @@ def run_eval(args) -> int:
 
     report = evaluate(loaded, items, settings, on_progress=progress)
     _print(report.metrics)
+    return 0
+
+
+def run_export(args) -> int:
+    """`python -m finetune export`: one JSON line with the folder written."""
+    from finetune.adapters import load_adapter
+    from finetune.config import ModelSettings
+    from finetune.export import ExportError, export_model
+    from finetune.models import ModelLoadError, load_model
+
+    try:
+        loaded = load_model(ModelSettings(args.model, args.load_in_4bit))
+        load_adapter(loaded, args.adapter)
+        folder = export_model(loaded, args.output, args.format, run_dir=args.adapter)
+    except (ExportError, ModelLoadError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print({"format": args.format, "output": str(folder)})
     return 0
 
 

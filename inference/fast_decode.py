@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from finetune.merge import base_layer, inner_model, merged_weight
 from finetune.models import LoadedModel
 
 SUPPORTED_MODELS = ("llama", "qwen2")
@@ -50,7 +51,7 @@ class Sampling:
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why the fast decoder cannot run this model, or None when it can."""
-    config = _inner(model).config
+    config = inner_model(model).config
     if config.model_type not in SUPPORTED_MODELS:
         return f"model type {config.model_type!r} (supported: {', '.join(SUPPORTED_MODELS)})"
     if getattr(config, "hidden_act", "silu") != "silu":
@@ -91,7 +92,7 @@ class FastDecoder:
 
     def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None):
         """`dtype`: the precision of the copy; by default 16-bit on a GPU, the model's own on CPU."""
-        inner = _inner(model)
+        inner = inner_model(model)
         config = inner.config
         embed = inner.model.embed_tokens.weight
         self.device, self.dtype, self.capacity = embed.device, dtype or _decode_dtype(embed), capacity
@@ -127,7 +128,7 @@ class FastDecoder:
         if key == self.weights_key:
             return
         with torch.inference_mode():
-            for layer, weights in zip(_inner(model).model.layers, self.layers, strict=True):
+            for layer, weights in zip(inner_model(model).model.layers, self.layers, strict=True):
                 weights.fill(layer, use_adapter)
         self.weights_key = key
 
@@ -252,7 +253,7 @@ class _LayerWeights:
             return torch.empty((rows, _in_features(modules[0])), device=device, dtype=dtype)
 
         with torch.inference_mode():
-            has_bias = _base(attn.q_proj).bias is not None
+            has_bias = base_layer(attn.q_proj).bias is not None
             bias_rows = sum(_out_features(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
             return cls(
                 attn_norm=layer.input_layernorm.weight.to(dtype),
@@ -266,58 +267,23 @@ class _LayerWeights:
 
     def fill(self, layer, use_adapter: bool) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        _write_rows(self.qkv, [_merged_weight(m, use_adapter) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        _write_rows(self.qkv, [merged_weight(m, use_adapter) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
         if self.qkv_bias is not None:
-            _write_rows(self.qkv_bias, [_base(m).bias for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-        self.out.copy_(_merged_weight(attn.o_proj, use_adapter))
-        _write_rows(self.gate_up, [_merged_weight(m, use_adapter) for m in (mlp.gate_proj, mlp.up_proj)])
-        self.down.copy_(_merged_weight(mlp.down_proj, use_adapter))
+            _write_rows(self.qkv_bias, [base_layer(m).bias for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        self.out.copy_(merged_weight(attn.o_proj, use_adapter))
+        _write_rows(self.gate_up, [merged_weight(m, use_adapter) for m in (mlp.gate_proj, mlp.up_proj)])
+        self.down.copy_(merged_weight(mlp.down_proj, use_adapter))
 
 
 # Weights of the loaded model: 4-bit or not, with a PEFT LoRA adapter or not ---------------------
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a PEFT wrapper (LoRA layers stay in place inside it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _base(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain (maybe 4-bit) linear layer under a LoRA layer."""
-    return getattr(module, "base_layer", module)
-
-
 def _out_features(module) -> int:
-    return _base(module).out_features
+    return base_layer(module).out_features
 
 
 def _in_features(module) -> int:
-    return _base(module).in_features
-
-
-def _dense_weight(linear: torch.nn.Module) -> torch.Tensor:
-    """A linear layer's weight as a dense matrix: bitsandbytes 4-bit weights are dequantized."""
-    weight = linear.weight
-    state = getattr(weight, "quant_state", None)
-    if state is None:
-        return weight
-    from bitsandbytes.functional import dequantize_4bit
-
-    return dequantize_4bit(weight.data, state)
-
-
-def _merged_weight(module: torch.nn.Module, use_adapter: bool) -> torch.Tensor:
-    """W + scale * B @ A for each active LoRA adapter on this layer (none when `use_adapter` is off)."""
-    weight = _dense_weight(_base(module))
-    lora_a = getattr(module, "lora_A", None)
-    if not use_adapter or lora_a is None or getattr(module, "disable_adapters", False):
-        return weight
-    weight = weight.float()
-    for name in module.active_adapters:
-        if name in lora_a:
-            delta = module.lora_B[name].weight.float() @ lora_a[name].weight.float()
-            weight = weight + module.scaling[name] * delta
-    return weight
+    return base_layer(module).in_features
 
 
 def _write_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:
@@ -342,7 +308,7 @@ def _decode_dtype(embed: torch.Tensor) -> torch.dtype:
 
 def _fits(model: torch.nn.Module, capacity: int) -> bool:
     """Whether a 16-bit copy of the layers and the cache fit in the GPU's free memory (always on CPU)."""
-    inner = _inner(model)
+    inner = inner_model(model)
     if inner.model.embed_tokens.weight.device.type != "cuda":
         return True
     config = inner.config

@@ -95,6 +95,19 @@ def test_eval_on_a_multiple_choice_file_without_an_adapter():
     assert set(figures) == {"base"} and figures["base"]["mcq_n"] == 2 and figures["base"]["heldout_loss"] is None
 
 
+def test_export_writes_a_merged_model_with_its_card(cli_run, tmp_path):
+    _, output = cli_run
+    result = run("finetune", "export", "--adapter", str(output), "--format", "merged_16bit",
+                 "--output", str(tmp_path / "merged"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"format": "merged_16bit", "output": str(tmp_path / "merged")}
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert "Not medical advice" in card and "3 steps" in card and "Held-out evaluation (2 rows)" in card
+    again = run("finetune", "export", "--adapter", str(output), "--output", str(tmp_path / "merged"))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
 def test_inference_streams_to_the_terminal():
     result = run("inference", "--max-new-tokens", "12", "--temperature", "0", "What is sepsis?")
     assert result.returncode == 0, result.stderr
