@@ -379,7 +379,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                     if report is None:
                         yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                         continue
-                    table = pd.DataFrame(metrics_rows(report.metrics), columns=metrics_headers(report.metrics))
+                    table = _eval_frame(report.metrics)
                     questions = pd.DataFrame(question_rows(report), columns=question_headers(report))
                     yield line, table, questions, report, question_detail(report, 1)
             except VISITOR_ERRORS as err:

@@ -276,13 +276,10 @@ def run_export(args) -> int:
 
 def _default_eval_source(adapter: str | None) -> str:
     """The run's own held-out rows when the adapter's run kept some, else the bundled multiple-choice file."""
-    from pathlib import Path
+    from finetune.adapters import run_folder
 
-    if adapter:
-        for folder in (Path(adapter), Path(adapter).parent):
-            if (folder / "heldout.jsonl").is_file():
-                return str(folder / "heldout.jsonl")
-    return "sample-mcq"
+    folder = run_folder(adapter) if adapter else None
+    return str(folder / "heldout.jsonl") if folder and (folder / "heldout.jsonl").is_file() else "sample-mcq"
 
 
 if __name__ == "__main__":

@@ -122,12 +122,20 @@ def restore_4bit_training_layout(model) -> int:
     return fixed
 
 
-def read_run_template(adapter_dir: str | Path) -> str:
-    """The template an adapter was trained with (from its run.json), so chat prompts it the same way."""
+def run_folder(adapter_dir: str | Path) -> Path | None:
+    """The run folder an adapter came from (the one holding run.json): the folder given, or its parent."""
+    adapter_dir = Path(adapter_dir)
+    return next((folder for folder in (adapter_dir, adapter_dir.parent) if (folder / "run.json").is_file()), None)
+
+
+def read_run_record(adapter_dir: str | Path | None) -> dict:
+    """The run.json of an adapter's run (settings, data, metrics, evaluation); {} when there is none."""
     import json
 
-    adapter_dir = Path(adapter_dir)
-    for candidate in (adapter_dir / "run.json", adapter_dir.parent / "run.json"):
-        if candidate.is_file():
-            return json.loads(candidate.read_text()).get("dataset", {}).get("template", "chat")
-    return "chat"
+    folder = run_folder(adapter_dir) if adapter_dir else None
+    return json.loads((folder / "run.json").read_text()) if folder else {}
+
+
+def read_run_template(adapter_dir: str | Path) -> str:
+    """The template an adapter was trained with (from its run.json), so chat prompts it the same way."""
+    return read_run_record(adapter_dir).get("dataset", {}).get("template", "chat")

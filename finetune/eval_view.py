@@ -19,9 +19,14 @@ MEASURES = [
 ]
 
 
+def _present(by_model: dict) -> list[str]:
+    """The models a report or its figures hold, base first."""
+    return [name for name in TITLES if name in by_model]
+
+
 def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
     """[measure, base, fine-tuned] rows; a measure that does not apply (no options, no reference) shows "–"."""
-    names = [name for name in TITLES if name in metrics]
+    names = _present(metrics)
     rows = []
     for key, label, style in MEASURES:
         values = [metrics[name].get(key) for name in names]
@@ -32,7 +37,7 @@ def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
 
 
 def metrics_headers(metrics: dict[str, dict]) -> list[str]:
-    return ["Measure", *(TITLES[name] for name in TITLES if name in metrics)]
+    return ["Measure", *(TITLES[name] for name in _present(metrics))]
 
 
 def eval_line(metrics: dict[str, dict]) -> str:
@@ -58,7 +63,7 @@ def _verdict(result: ItemResult | None) -> str:
 
 def question_rows(report: EvalReport) -> list[list]:
     """[#, question, gold, base verdict, fine-tuned verdict] per question."""
-    names = [name for name in TITLES if name in report.items]
+    names = _present(report.items)
     if not names:
         return []
     rows = []
@@ -70,12 +75,12 @@ def question_rows(report: EvalReport) -> list[list]:
 
 
 def question_headers(report: EvalReport) -> list[str]:
-    return ["#", "Question", "Gold", *(TITLES[name] for name in TITLES if name in report.items)]
+    return ["#", "Question", "Gold", *(TITLES[name] for name in _present(report.items))]
 
 
 def question_detail(report: EvalReport, number: int) -> str:
     """Markdown for question `number` (1-based): the question, the gold answer, each model's reasoning and answer."""
-    names = [name for name in TITLES if name in report.items]
+    names = _present(report.items)
     if not names or not 1 <= number <= len(report.items[names[0]]):
         return "Run an evaluation, then pick a question number."
     first = report.items[names[0]][number - 1]

@@ -246,7 +246,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
                     stop: threading.Event | None) -> list[str]:
     from transformers import StoppingCriteriaList
 
-    from inference.generate import _StopOnEvent
+    from inference.generate import StopOnEvent
 
     tokenizer = loaded.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow every prompt directly
@@ -255,7 +255,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
     finally:
         tokenizer.padding_side = side
     inputs = inputs.to(next(loaded.model.parameters()).device)
-    criteria = StoppingCriteriaList([_StopOnEvent(stop)]) if stop is not None else None
+    criteria = StoppingCriteriaList([StopOnEvent(stop)]) if stop is not None else None
     sampling = settings.temperature > 0
     output = loaded.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
                                    temperature=settings.temperature if sampling else None,

@@ -10,7 +10,6 @@ into place with one rename, so a failed or stopped export leaves nothing that lo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from finetune.adapters import read_run_record
 from finetune.merge import inner_model, merged_state_dict
 from finetune.models import LoadedModel
 
@@ -60,7 +60,7 @@ def export_model(loaded: LoadedModel, target: str | Path, fmt: str, run_dir: str
         raise ExportError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not loaded.has_adapter:
         raise ExportError("No adapter on the model: train one (or load a run's adapter) before exporting")
-    record = _run_record(run_dir or loaded.adapter_dir)
+    record = read_run_record(run_dir or loaded.adapter_dir)
     with atomic_folder(target) as folder:
         if fmt == "adapter":
             loaded.model.save_pretrained(str(folder))
@@ -88,13 +88,6 @@ def _save_merged(loaded: LoadedModel, folder: Path, dtype: torch.dtype) -> None:
     merged.load_state_dict({key: state[key] for key in expected}, assign=True)
     merged.tie_weights()
     merged.save_pretrained(str(folder))
-
-
-def _run_record(folder: str | Path | None) -> dict:
-    for candidate in (Path(folder), Path(folder).parent) if folder else ():
-        if (candidate / "run.json").is_file():
-            return json.loads((candidate / "run.json").read_text())
-    return {}
 
 
 def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:

@@ -73,14 +73,12 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int) -> F
     The decoder lives on `loaded.decoder` until the adapter changes (see `finetune.adapters`) or a
     training run starts, which drop it to give training the memory.
     """
-    if unsupported_reason(loaded.model) is not None:
-        return None
     decoder = loaded.decoder
     capacity = CAPACITY_STEP * math.ceil(tokens_needed / CAPACITY_STEP)
     if decoder is not None and decoder.capacity < capacity:
         loaded.decoder = decoder = None  # free the small cache before a larger one is made
     if decoder is None:
-        if not _fits(loaded.model, capacity):
+        if unsupported_reason(loaded.model) is not None or not _fits(loaded.model, capacity):
             return None
         decoder = loaded.decoder = FastDecoder(loaded.model, capacity)
     decoder.load_weights(loaded.model, use_adapter)

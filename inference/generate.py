@@ -83,7 +83,7 @@ def _counting_streamer(tokenizer):
     return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
 
 
-class _StopOnEvent:
+class StopOnEvent:
     """A stopping criterion that ends generation when the caller sets the event."""
 
     def __init__(self, event: threading.Event):
@@ -127,7 +127,7 @@ def stream_reply(
         temperature=settings.temperature if sampling else None,
         top_p=settings.top_p if sampling else None,
         repetition_penalty=settings.repetition_penalty,
-        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]),
+        stopping_criteria=StoppingCriteriaList([StopOnEvent(stop)]),
         pad_token_id=tokenizer.pad_token_id,
     )
     failure: list[BaseException] = []

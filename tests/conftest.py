@@ -53,6 +53,19 @@ def quick_lora() -> LoraSettings:
     return LoraSettings(r=8, alpha=16, gradient_checkpointing=False)
 
 
+def trained_looking_adapter(loaded, std: float = 0.02) -> None:
+    """A fresh adapter changes nothing (B is zero); random B makes the adapter count, as training does."""
+    from finetune.adapters import attach_fresh_adapter
+
+    attach_fresh_adapter(loaded, quick_lora())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, std)
+    loaded.model.eval()
+
+
 def mean_loss(model, rows) -> float:
     """Loss on fixed rows, the same measurement before and after training."""
     model.eval()

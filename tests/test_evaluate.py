@@ -3,10 +3,8 @@
 import json
 
 import pytest
-import torch
-from conftest import SHARED_SAMPLE, quick_lora
+from conftest import SHARED_SAMPLE, trained_looking_adapter
 
-from finetune.adapters import attach_fresh_adapter
 from finetune.data import MCQ_FILE, DatasetError, EvalItem, holdout_indices
 from finetune.evaluate import EvalSettings, evaluate, extract_choice, item_rows, load_eval_items, summarize
 
@@ -92,11 +90,7 @@ def test_summary_counts_format_and_accuracy():
 
 def test_tiny_eval_end_to_end_base_and_finetuned(loaded):
     items = load_eval_items(str(SHARED_SAMPLE), limit=2) + load_eval_items(str(MCQ_FILE), limit=1)
-    attach_fresh_adapter(loaded, quick_lora())
-    with torch.no_grad():  # a trained-looking adapter, so the two models differ
-        for name, parameter in loaded.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
+    trained_looking_adapter(loaded, std=0.05)  # so the two models differ
     progress = []
     report = evaluate(loaded, items, EvalSettings(max_new_tokens=8, batch_size=2, max_length=256),
                       on_progress=lambda *p: progress.append(p))

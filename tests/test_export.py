@@ -4,23 +4,12 @@ import json
 
 import pytest
 import torch
-from conftest import quick_lora
+from conftest import trained_looking_adapter
 
-from finetune.adapters import attach_fresh_adapter, load_adapter
+from finetune.adapters import load_adapter
 from finetune.config import ModelSettings
 from finetune.export import ExportError, atomic_folder, export_model
 from finetune.models import load_model
-
-
-def trained_looking(loaded):
-    attach_fresh_adapter(loaded, quick_lora())
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.02)
-    loaded.model.eval()
-    return loaded
 
 
 def logits(model, tokenizer):
@@ -32,7 +21,7 @@ def logits(model, tokenizer):
 def test_merged_16bit_loads_with_plain_transformers_and_answers_alike(loaded, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    trained_looking(loaded)
+    trained_looking_adapter(loaded)
     folder = export_model(loaded, tmp_path / "merged", "merged_16bit")
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "bfloat16"
@@ -47,7 +36,7 @@ def test_merged_16bit_loads_with_plain_transformers_and_answers_alike(loaded, tm
 
 
 def test_adapter_export_reloads_to_the_same_logits(loaded, tmp_path):
-    trained_looking(loaded)
+    trained_looking_adapter(loaded)
     folder = export_model(loaded, tmp_path / "adapter", "adapter")
     fresh = load_model(ModelSettings())
     load_adapter(fresh, folder)
@@ -56,7 +45,7 @@ def test_adapter_export_reloads_to_the_same_logits(loaded, tmp_path):
 
 
 def test_a_failed_export_leaves_no_folder(loaded, tmp_path, monkeypatch):
-    trained_looking(loaded)
+    trained_looking_adapter(loaded)
 
     def full_disk(*args, **kwargs):
         raise OSError("disk full")

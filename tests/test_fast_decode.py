@@ -2,23 +2,13 @@
 
 import pytest
 import torch
-from conftest import quick_lora
+from conftest import quick_lora, trained_looking_adapter
 
 from finetune.adapters import attach_fresh_adapter
 from inference.fast_decode import FastDecoder, Sampling, _next_token, decoder_for, unsupported_reason
 from inference.generate import GENERATE, GenerationSettings, generate_reply
 
 QUESTION = "What is the antidote for heparin overdose?"
-
-
-def trained_looking_adapter(loaded) -> None:
-    """A fresh adapter changes nothing (B is zero); random B makes the adapter count, as training does."""
-    attach_fresh_adapter(loaded, quick_lora())
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.02)
 
 
 @pytest.mark.parametrize("use_adapter", [True, False])
