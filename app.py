@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import html
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from finetune.backend import default_device, import_unsloth_first
@@ -22,6 +23,8 @@ import_unsloth_first()  # before transformers is imported (a no-op without CUDA)
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from finetune import app_settings  # noqa: E402
+from finetune.app_settings import AppSettings, SettingsError, settings_from_env  # noqa: E402
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device  # noqa: E402
 from finetune.dashboard import (  # noqa: E402
     log_lines,
@@ -42,7 +45,7 @@ from finetune.eval_view import (  # noqa: E402
 from finetune.evaluate import EvalSettings  # noqa: E402
 from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
-from finetune.preview import MAX_UPLOAD_MB, preview_dataset, read_dataset  # noqa: E402
+from finetune.preview import preview_dataset, read_dataset  # noqa: E402
 from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
 from inference.chat import conversation, speed_summary  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
@@ -82,7 +85,8 @@ CSS = """
 VISITOR_ERRORS = (DatasetError, ModelLoadError, WorkspaceError, TrainingBusy, ModelBusy, ValueError)
 
 
-def build_app(workspace: Workspace, device: str) -> gr.Blocks:
+def build_app(workspace: Workspace, device: str, settings: AppSettings | None = None) -> gr.Blocks:
+    settings = settings or AppSettings()
     train = TrainSettings.for_device(device)
     lora = lora_for_device(device)
     model_max_length = train.max_length
@@ -95,11 +99,12 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         with gr.Tab("Model", id="model"):
             with gr.Row():
                 model_name = gr.Dropdown(
-                    [(f"{name}: {about}", name) for name, about in PRESETS.items()],
-                    value="embedded",
+                    [(f"{name}: {PRESETS[name]}", name) for name in settings.presets],
+                    value=settings.presets[0],
                     allow_custom_value=True,
                     label="Model",
-                    info="A preset, any Hub repo id (owner/name), or a local model folder",
+                    info="A preset, any Hub repo id (owner/name)"
+                    + (", or a model folder on this machine" if settings.allow_local_paths else ""),
                     scale=3,
                 )
                 load_4bit = gr.Checkbox(device == "cuda", label="Load in 4-bit (NF4)",
@@ -119,7 +124,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             with gr.Row():
                 source = gr.Radio(SOURCES, value="sample", label="Dataset", scale=2)
                 split = gr.Textbox("train[0:500]", label="Hub split (slice)", visible=False)
-            upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {MAX_UPLOAD_MB} MB)",
+            upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {settings.max_upload_mb} MB)",
                              visible=False, elem_id="dataset-upload")
             with gr.Row():
                 role_pickers = [gr.Dropdown([NONE], value=NONE, label=f"{role} column", allow_custom_value=True)
@@ -139,7 +144,7 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", color_map={"fits": "#4c78a8",
                                    "truncated": "#e45756"}, sort=None, label="Token lengths", height=240)
 
-        with gr.Tab("Train", id="train"):
+        with gr.Tab("Train", id="train") as train_tab:
             with gr.Row():
                 max_steps = gr.Number(train.max_steps, precision=0, minimum=1, label="Max steps")
                 learning_rate = gr.Number(train.learning_rate, minimum=0, label="Learning rate")
@@ -159,7 +164,8 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
                                        value=train.sampling, label="Batches")
                 checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
                 seed = gr.Number(train.seed, precision=0, label="Seed")
-                run_name = gr.Textbox("", label="Run name (folder under runs/)", placeholder="automatic")
+                run_name = gr.Textbox("", label="Run name (a folder in the app's output folder)",
+                                      placeholder="automatic")
             with gr.Row():
                 holdout = gr.Number(8, precision=0, minimum=0, label="Hold out rows (never trained on; evaluated "
                                     "base vs fine-tuned at the end)", elem_id="holdout")
@@ -168,6 +174,15 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
                 stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
+            with gr.Accordion("Resume a stopped or interrupted run", open=bool(workspace.interrupted_runs),
+                              elem_id="resume-panel"):
+                gr.Markdown("A run saves a checkpoint ten times along the way and when it is stopped. Resume goes on "
+                            "from the last one, with the run's own rows and settings, on the loaded model.")
+                with gr.Row():
+                    resume_choice = gr.Dropdown(_resumable_runs(workspace), label="Run", elem_id="resume-run",
+                                                scale=3)
+                    resume_button = gr.Button("Resume", elem_id="resume-training", scale=1)
+                runs_note = gr.Markdown(_interrupted_note(workspace), elem_id="runs-note")
             progress_bar = gr.HTML(_progress_html(0.0), elem_id="train-progress")
             train_status = gr.Markdown("No training run yet.", elem_id="train-status")
             with gr.Row():
@@ -325,6 +340,16 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
         def stop():
             return workspace.stop_training()
 
+        def resume(name):
+            try:
+                workspace.resume_training(name or "")
+            except VISITOR_ERRORS as err:
+                return f"⚠ {err}", gr.Timer(active=workspace.training)
+            return "Resuming…", gr.Timer(active=True)
+
+        def refresh_runs():
+            return gr.update(choices=_resumable_runs(workspace)), _interrupted_note(workspace)
+
         def dashboard():
             job = workspace.job
             metrics = list(job.metrics) if job else []
@@ -426,6 +451,8 @@ def build_app(workspace: Workspace, device: str) -> gr.Blocks:
             api_name="start_training",
         )
         stop_button.click(stop, None, train_status, api_name="stop_training")
+        resume_button.click(resume, resume_choice, [train_status, timer], api_name="resume_training")
+        train_tab.select(refresh_runs, None, [resume_choice, runs_note], api_name="runs")
         dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, train_eval, timer]
         timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden", api_name="dashboard")
 
@@ -483,21 +510,53 @@ def _progress_html(fraction: float) -> str:
             f'aria-valuemax="100"><div class="progress-fill" style="width: {percent}%"></div></div>')
 
 
+def _resumable_runs(workspace: Workspace) -> list[tuple[str, str]]:
+    return [(run.describe(), run.name) for run in workspace.runs() if run.resumable]
+
+
+def _interrupted_note(workspace: Workspace) -> str:
+    if not workspace.interrupted_runs:
+        return ""
+    names = ", ".join(workspace.interrupted_runs)
+    return (f"⚠ The app stopped while training {names}: marked incomplete. Its folder keeps everything up to the "
+            "last checkpoint; pick it above and press Resume to go on.")
+
+
+def launch_options(settings: AppSettings) -> dict:
+    """What `launch()` gets: where to listen, the upload limit, and the one folder visitors may download from."""
+    settings.exports_dir.mkdir(parents=True, exist_ok=True)
+    return dict(server_name=settings.host, server_port=settings.port, share=settings.share,
+                max_file_size=f"{settings.max_upload_mb}mb", allowed_paths=[str(settings.exports_dir.resolve())],
+                css=CSS, theme=gr.themes.Soft())
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=TITLE)
-    parser.add_argument("--host", default=None, help="default 127.0.0.1, or GRADIO_SERVER_NAME (0.0.0.0 on Spaces)")
-    parser.add_argument("--port", type=int, default=None, help="default 7860, or GRADIO_SERVER_PORT")
-    parser.add_argument("--runs-dir", default="runs", help="where runs (adapters, run.json) are saved")
-    parser.add_argument("--preload", default=None, help="load this model at start, e.g. 'embedded'")
+    try:
+        settings = settings_from_env()
+    except SettingsError as err:
+        raise SystemExit(f"error: {err}") from None
+    parser = argparse.ArgumentParser(description=TITLE, epilog=app_settings.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=settings.host, help="default 127.0.0.1, or GRADIO_SERVER_NAME")
+    parser.add_argument("--port", type=int, default=settings.port, help="default 7860, or PORT / GRADIO_SERVER_PORT")
+    parser.add_argument("--share", action=argparse.BooleanOptionalAction, default=settings.share,
+                        help="a temporary public gradio.live link (GRADIO_SHARE)")
+    parser.add_argument("--runs-dir", default=str(settings.output_dir),
+                        help="where runs and exports are written (FINETUNE_OUTPUT_DIR; default runs)")
+    parser.add_argument("--preload", default=settings.preload, help="load this model at start (FINETUNE_PRELOAD)")
+    parser.add_argument("--allow-local-paths", action=argparse.BooleanOptionalAction,
+                        default=settings.allow_local_paths,
+                        help="let visitors name folders on this machine (FINETUNE_ALLOW_LOCAL_PATHS; default off)")
     args = parser.parse_args()
+    settings = replace(settings, host=args.host, port=args.port, share=args.share, output_dir=Path(args.runs_dir),
+                       preload=args.preload, allow_local_paths=args.allow_local_paths)
     device = default_device()
-    workspace = Workspace(Path(args.runs_dir))
-    if args.preload:  # in the background: the page is usable at once, and shows the model when it is ready
-        threading.Thread(target=workspace.load, args=(ModelSettings(args.preload),), daemon=True).start()
-    demo = build_app(workspace, device)
+    workspace = Workspace(settings.output_dir, allow_local_paths=settings.allow_local_paths)
+    if settings.preload:  # in the background: the page is usable at once, and shows the model when it is ready
+        threading.Thread(target=workspace.load, args=(ModelSettings(settings.preload),), daemon=True).start()
+    demo = build_app(workspace, device, settings)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb", css=CSS,
-                theme=gr.themes.Soft())
+    demo.launch(**launch_options(settings))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
     python -m finetune preview --model embedded --dataset data.jsonl --rows 2
     python -m finetune eval --model embedded --adapter runs/demo --limit 8
     python -m finetune export --adapter runs/demo --format merged_16bit --output runs/demo-merged
+    python -m finetune train --config recipes/embedded-cpu-demo.yaml
+    python -m finetune train --resume runs/demo
+    python -m finetune runs
 
 `train` prints one JSON object per step, then a final one with status, steps, loss_first,
 loss_last, adapter (and eval, with --holdout). `eval` prints one JSON object last:
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
     for name in ("train", "preview"):
         cmd = commands.add_parser(name)
+        cmd.add_argument("--config", default=None, help="a recipe file (YAML, see recipes/); flags given win")
         cmd.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
         cmd.add_argument("--dataset", default="sample", help="'sample', 'medical-o1', 'medical-o1-zh' or a file")
         cmd.add_argument("--split", default="train[0:500]", help="slice of a Hub dataset")
@@ -47,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
         cmd.add_argument("--backend", choices=("auto", "unsloth", "hf"), default="auto")
     train = commands.choices["train"]
-    train.add_argument("--output", required=True, help="run folder: adapter/, run.json")
+    train.add_argument("--output", default=None, help="run folder: adapter/, run.json (or output: in the recipe)")
+    train.add_argument("--resume", default=None, metavar="RUN_FOLDER",
+                       help="continue a stopped or interrupted run from its last checkpoint, with its own settings")
+    train.add_argument("--save-steps", type=int, default=None, help="a checkpoint every N steps (default: 10 a run)")
     train.add_argument("--max-steps", type=int, default=None, help="device default; 0 trains --epochs instead")
     train.add_argument("--epochs", type=float, default=1.0)
     train.add_argument("--batch-size", type=int, default=None, help="micro-batch size")
@@ -73,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --holdout: generate answers too (format, accuracy), not only the loss")
     train.add_argument("--eval-max-new-tokens", type=int, default=512)
     commands.choices["preview"].add_argument("--rows", type=int, default=2)
+    runs = commands.add_parser("runs", help="the runs in a folder, their status; marks interrupted ones incomplete")
+    runs.add_argument("--runs-dir", default="runs")
     evaluate = commands.add_parser("eval", help="base vs fine-tuned on held-out rows; one JSON object last")
     evaluate.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
     evaluate.add_argument("--adapter", default=None, help="a run folder or adapter folder: adds 'finetuned'")
@@ -90,53 +99,76 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="the adapter or a merged 16-bit model, written atomically")
     export.add_argument("--model", default="embedded", help="the base model the adapter was trained on")
     export.add_argument("--adapter", required=True, help="a run folder or adapter folder")
-    export.add_argument("--format", choices=("adapter", "merged_16bit"), default="merged_16bit")
+    from finetune.export import FORMATS as EXPORT_FORMATS  # imports torch and gguf, not transformers
+
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="merged_16bit")
     export.add_argument("--output", required=True, help="a new folder")
     export.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
     return parser
 
 
+# Each train/preview flag and the settings it sets. A flag given on the command line wins over the
+# recipe (--config); one left at its default keeps the recipe's value, or the device's default.
+FLAG_SETTINGS = {
+    "model": [("model", "name")],
+    "load_in_4bit": [("model", "load_in_4bit")],
+    "backend": [("model", "backend")],
+    "max_length": [("model", "max_length"), ("train", "max_length")],
+    "dataset": [("data", "source")],
+    "split": [("data", "split")],
+    "columns": [("data", "columns")],
+    "template": [("data", "template")],
+    "system_prompt": [("data", "system_prompt")],
+    "max_rows": [("data", "max_rows")],
+    "holdout": [("data", "holdout_rows")],
+    "max_steps": [("train", "max_steps")],
+    "epochs": [("train", "epochs")],
+    "batch_size": [("train", "micro_batch_size")],
+    "grad_accum": [("train", "grad_accum_steps")],
+    "lr": [("train", "learning_rate")],
+    "warmup_steps": [("train", "warmup_steps")],
+    "scheduler": [("train", "lr_scheduler")],
+    "optimizer": [("train", "optimizer")],
+    "weight_decay": [("train", "weight_decay")],
+    "sampling": [("train", "sampling")],
+    "precision": [("train", "precision")],
+    "seed": [("train", "seed"), ("lora", "seed")],
+    "eval_generate": [("train", "eval_generate")],
+    "eval_max_new_tokens": [("train", "eval_max_new_tokens")],
+    "save_steps": [("train", "save_steps")],
+    "lora_r": [("lora", "r")],
+    "lora_alpha": [("lora", "alpha")],
+    "lora_dropout": [("lora", "dropout")],
+    "target_modules": [("lora", "target_modules")],
+    "rslora": [("lora", "use_rslora")],
+    "gradient_checkpointing": [("lora", "gradient_checkpointing")],
+}
+
+
 def _settings(args):
-    """Typed settings from the flags, on top of the device's defaults."""
+    """The recipe (a --config file, else the device's defaults) with the flags given on top."""
     from finetune.backend import default_device
-    from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
+    from finetune.recipe import default_recipe, load_recipe, with_changes
 
     device = default_device()
-    train = TrainSettings.for_device(device)
-    max_length = args.max_length or train.max_length
-    model = ModelSettings(args.model, args.load_in_4bit, max_length, args.backend)
-    data = DataSettings(args.dataset, args.split, args.template, args.columns, args.system_prompt, args.max_rows,
-                        holdout_rows=getattr(args, "holdout", 0))
-    if args.command == "preview":
-        return model, data, None, None
-    overrides = {
-        "micro_batch_size": args.batch_size,
-        "grad_accum_steps": args.grad_accum,
-        "learning_rate": args.lr,
-        "warmup_steps": args.warmup_steps,
-        "lr_scheduler": args.scheduler,
-        "optimizer": args.optimizer,
-        "weight_decay": args.weight_decay,
-        "sampling": args.sampling,
-    }
-    fields = {**train.__dict__, **{k: v for k, v in overrides.items() if v is not None}}
-    fields.update(max_length=max_length, precision=args.precision, seed=args.seed, epochs=args.epochs,
-                  eval_generate=args.eval_generate, eval_max_new_tokens=args.eval_max_new_tokens)
-    if args.max_steps is not None:
-        fields["max_steps"] = args.max_steps or None
-    lora = lora_for_device(device)
-    lora = LoraSettings(
-        r=args.lora_r,
-        alpha=args.lora_alpha,
-        dropout=args.lora_dropout,
-        target_modules=tuple(args.target_modules.split(",")) if args.target_modules else lora.target_modules,
-        use_rslora=args.rslora,
-        gradient_checkpointing=lora.gradient_checkpointing
-        if args.gradient_checkpointing is None
-        else args.gradient_checkpointing,
-        seed=args.seed,
-    )
-    return model, data, TrainSettings(**fields), lora
+    recipe = load_recipe(args.config, device) if args.config else default_recipe(device)
+    defaults = vars(build_parser().parse_args([args.command]))
+    changes: dict[str, dict] = {}
+    for flag, targets in FLAG_SETTINGS.items():
+        value = getattr(args, flag, None)
+        if flag not in defaults or value == defaults[flag]:
+            continue
+        if flag == "max_steps" and value == 0:
+            value = None  # 0: train --epochs instead
+        for section, name in targets:
+            changes.setdefault(section, {})[name] = value
+    recipe = with_changes(recipe, changes, "command line")
+    if args.command == "train":
+        output = args.output or recipe.output
+        if not output and not args.resume:
+            raise ValueError("say where the run goes: --output FOLDER (or output: in the recipe)")
+        recipe.output = output
+    return recipe
 
 
 def _print(obj: dict) -> None:
@@ -153,73 +185,118 @@ def main(argv: list[str] | None = None) -> int:
         return run_eval(args)
     if args.command == "export":
         return run_export(args)
+    if args.command == "runs":
+        return run_runs(args)
+    if args.command == "train" and args.resume:
+        return run_resume(args)
     from finetune.data import DatasetError, load_examples
-    from finetune.formats import preview_row, tokenize_rows
-    from finetune.job import TrainingBusy
+    from finetune.formats import tokenize_rows
     from finetune.models import ModelLoadError, load_model
 
     try:
-        model_settings, data, train, lora = _settings(args)
+        recipe = _settings(args)
+        data = recipe.data
         # The data is read and checked before the model loads, so a bad file fails in a second.
         rows = load_examples(data.source, data.columns, data.split, data.max_rows)
-        loaded = load_model(model_settings)
-        prepared = tokenize_rows(rows, data, loaded.tokenizer, model_settings.max_length)
+        loaded = load_model(recipe.model)
+        prepared = tokenize_rows(rows, data, loaded.tokenizer, recipe.model.max_length)
     except (DatasetError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.command == "preview":
-        from dataclasses import asdict
-
-        _print(
-            {
-                "model": loaded.info.summary(),
-                "columns": prepared.columns,
-                "template": prepared.template,
-                "stats": asdict(prepared.stats),
-            }
-        )
-        for row in prepared.rows[: args.rows]:
-            _print(
-                {
-                    "segments": [
-                        {"text": text, "trained": trained} for text, trained in preview_row(loaded.tokenizer, row)
-                    ]
-                }
-            )
-        return 0
-
+        return run_preview(loaded, prepared, args.rows)
     from finetune.train import start_training
 
     # What was loaded and what will be trained, for the person at the terminal (stdout stays JSON).
     print(f"model: {loaded.info.summary()}", file=sys.stderr)
-    stats = prepared.stats
+    stats, train, lora = prepared.stats, recipe.train, recipe.lora
     print(
         f"data: {prepared.name}, {stats.rows} rows, {stats.truncated} truncated and {stats.dropped} dropped "
         f"at max length {stats.max_length}, template {prepared.template}, {len(prepared.heldout)} held out",
         file=sys.stderr,
     )
-
     print(
         f"recipe: micro-batch {train.micro_batch_size} x grad-accum {train.grad_accum_steps}, {train.sampling} "
         f"batches, {train.optimizer}, lr {train.learning_rate:g}, LoRA r{lora.r}, "
         f"checkpointing {'on' if lora.gradient_checkpointing else 'off'}, backend {loaded.info.backend}",
         file=sys.stderr,
     )
+    return _follow(lambda: start_training(loaded, prepared, train, lora, recipe.output, recipe))
+
+
+def _follow(start) -> int:
+    """Start a run, print each step's metrics as a JSON line, then the result; Ctrl-C stops it cleanly."""
+    from finetune.job import TrainingBusy
+    from finetune.runs import RunFolderError
+
     try:
-        job = start_training(loaded, prepared, train, lora, args.output)
-    except (TrainingBusy, ValueError) as err:
+        job = start()
+    except (TrainingBusy, RunFolderError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    already = len(job.metrics)  # a resumed run's steps before the checkpoint: printed by the earlier process
     try:
-        for metrics in job.follow():
-            _print(metrics)
-    except KeyboardInterrupt:  # Ctrl-C: stop after this step and keep what was learned
+        for number, metrics in enumerate(job.follow()):
+            if number >= already:
+                _print(metrics)
+    except KeyboardInterrupt:  # Ctrl-C: stop after this step, with a checkpoint, and keep what was learned
         job.stop()
         job.wait()
+    job.thread.join(60)  # exiting while the run's thread is still inside torch would abort the process
     if job.status == "failed":
         _print({"status": "failed", "error": job.error})
         return 1
     _print(job.result)
+    return 0
+
+
+def run_preview(loaded, prepared, rows: int) -> int:
+    from dataclasses import asdict
+
+    from finetune.formats import preview_row
+
+    _print({"model": loaded.info.summary(), "columns": prepared.columns, "template": prepared.template,
+            "stats": asdict(prepared.stats)})
+    for row in prepared.rows[:rows]:
+        _print({"segments": [{"text": text, "trained": trained}
+                             for text, trained in preview_row(loaded.tokenizer, row)]})
+    return 0
+
+
+def run_resume(args) -> int:
+    """`train --resume RUN`: the run's own model, rows and settings, from its last checkpoint."""
+    from pathlib import Path
+
+    from finetune.config import ModelSettings
+    from finetune.models import ModelLoadError, load_model
+    from finetune.runs import RunFolderError, last_checkpoint, mark_abandoned_runs, read_record
+    from finetune.train import resume_training
+
+    run_dir = Path(args.resume)
+    try:
+        mark_abandoned_runs(run_dir.parent)
+        record = read_record(run_dir)
+        model = record.get("model", {})
+        loaded = load_model(ModelSettings(model.get("name", "embedded"), args.load_in_4bit,
+                                          record.get("train", {}).get("max_length", 2048)))
+    except (RunFolderError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    checkpoint = last_checkpoint(run_dir)
+    print(f"resume: {run_dir.name} ({record.get('status')}) from {checkpoint.name if checkpoint else 'nothing'}, "
+          f"model {loaded.info.summary()}", file=sys.stderr)
+    return _follow(lambda: resume_training(loaded, run_dir))
+
+
+def run_runs(args) -> int:
+    """`python -m finetune runs`: one JSON line per run, newest first, after marking interrupted ones."""
+    from finetune.runs import list_runs, mark_abandoned_runs
+
+    for name in mark_abandoned_runs(args.runs_dir):
+        print(f"marked incomplete: {name} (its process is gone)", file=sys.stderr)
+    for run in list_runs(args.runs_dir):
+        _print({"name": run.name, "status": run.status, "step": run.step, "total_steps": run.total_steps,
+                "resumable_from": run.checkpoint_step if run.resumable else None})
     return 0
 
 

@@ -80,6 +80,8 @@ class TrainSettings:
     eval_generate: bool = True
     """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
     eval_max_new_tokens: int = 512
+    save_steps: int | None = None
+    """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None: ten a run."""
 
     def __post_init__(self) -> None:
         if self.sampling not in ("random", "group_by_length"):
@@ -92,6 +94,8 @@ class TrainSettings:
             raise ValueError(f"max_steps must be at least 1, not {self.max_steps}")
         if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
             raise ValueError("micro_batch_size and grad_accum_steps must be at least 1")
+        if self.save_steps is not None and self.save_steps < 1:
+            raise ValueError(f"save_steps must be at least 1, not {self.save_steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
 

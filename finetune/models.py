@@ -85,12 +85,14 @@ class LoadedModel:
         return hasattr(self.model, "peft_config")
 
 
-def load_model(settings: ModelSettings) -> LoadedModel:
-    """Load the model named in `settings`; raises ModelLoadError with one readable sentence."""
+def load_model(settings: ModelSettings, allow_local: bool = True) -> LoadedModel:
+    """Load the model named in `settings`; raises ModelLoadError with one readable sentence.
+
+    `allow_local=False` (a shared app) reads no folder of this machine but the embedded model's."""
     started = time.perf_counter()
     device = default_device()
     backend = choose_backend(settings.backend, device)
-    path, is_hub = resolve_source(settings.name)
+    path, is_hub = resolve_source(settings.name, allow_local)
     token = os.environ.get("HF_TOKEN") or None
     if is_hub:
         check_hub_access(path, token)
@@ -136,13 +138,21 @@ def choose_backend(requested: str, device: str) -> str:
     return "hf"
 
 
-def resolve_source(name: str) -> tuple[str, bool]:
+LOCAL_PATHS_OFF = ("local folders are off in this app (its operator can allow them with "
+                   "FINETUNE_ALLOW_LOCAL_PATHS=1); use a preset or a Hub repo id such as owner/name")
+
+
+def resolve_source(name: str, allow_local: bool = True) -> tuple[str, bool]:
     """(path or repo id, whether it is a Hub repo)."""
     if name == "embedded":
         try:
             return str(embedded_model_dir()), False
         except FileNotFoundError as err:
             raise ModelLoadError(str(err)) from None
+    if not allow_local:
+        if name.startswith((".", "/", "~", "\\")) or ".." in name or "\\" in name or name.count("/") != 1:
+            raise ModelLoadError(f"{name}: {LOCAL_PATHS_OFF}")
+        return name, True  # even where a folder of that name exists here: only the Hub is asked
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

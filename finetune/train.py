@@ -8,6 +8,7 @@ The run happens in a background thread; `TrainingJob` carries its metrics, statu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -24,24 +25,73 @@ from finetune.config import LoraSettings, TrainSettings
 from finetune.formats import PreparedDataset
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel
+from finetune.recipe import Recipe, save_recipe
+from finetune.runs import (
+    RunFolderError,
+    append_metric,
+    check_writable,
+    checkpoint_step,
+    disk_error,
+    last_checkpoint,
+    process_identity,
+    read_metrics,
+    read_record,
+    update_record,
+    write_json_atomic,
+)
 
 
 def start_training(
-    loaded: LoadedModel, data: PreparedDataset, train: TrainSettings, lora: LoraSettings, output_dir: str | Path
+    loaded: LoadedModel,
+    data: PreparedDataset,
+    train: TrainSettings,
+    lora: LoraSettings,
+    output_dir: str | Path,
+    recipe: Recipe | None = None,
+    resume_from: Path | None = None,
 ) -> TrainingJob:
-    """Start a run in a background thread and return its job; TrainingBusy if one is running."""
+    """Start a run in a background thread and return its job; TrainingBusy if one is running.
+
+    The run folder gets run.json ("running"), the rows and the recipe before the first step, so it
+    is readable whatever happens next; RunFolderError if it cannot be written."""
     if not data.rows:
         raise ValueError(f"{data.name}: no rows left to train on (every row was dropped; raise max length)")
+    output_dir = Path(output_dir)
+    check_writable(output_dir)
     with loaded.start_lock:
         if loaded.job is not None and loaded.job.running:
             raise TrainingBusy(loaded.job)
-        job = TrainingJob(total_steps=planned_steps(len(data.rows), train), output_dir=str(output_dir))
+        total = planned_steps(len(data.rows), train)
+        write_run_start(output_dir, loaded, data, train, lora, recipe, total, resume_from)
+        job = TrainingJob(total_steps=total, output_dir=str(output_dir))
+        if resume_from is not None:  # the curve so far, up to the step training continues from
+            job.metrics = read_metrics(output_dir, checkpoint_step(resume_from))
+            _rewrite_metrics(output_dir, job.metrics)
         loaded.job = job
     job.thread = threading.Thread(
-        target=_run_job, args=(loaded, data, train, lora, Path(output_dir), job), name="training", daemon=True
+        target=_run_job, args=(loaded, data, train, lora, output_dir, job, resume_from), name="training", daemon=True
     )
     job.thread.start()
     return job
+
+
+def resume_training(loaded: LoadedModel, run_dir: str | Path) -> TrainingJob:
+    """Continue a stopped, failed or interrupted run from its last checkpoint, with its own rows and settings."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    if record.get("status") == "running":
+        raise RunFolderError(f"{run_dir.name} is still running")
+    if record.get("status") == "done":
+        raise RunFolderError(f"{run_dir.name} has already finished all its {record.get('steps')} steps")
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RunFolderError(f"{run_dir.name} has no checkpoint yet (it ended before the first one); start it again")
+    trained_on = record.get("model", {}).get("name")
+    if trained_on != loaded.info.name:
+        raise RunFolderError(f"{run_dir.name} trained {trained_on}; load that model before resuming it")
+    data = read_prepared(run_dir, record)
+    train, lora = TrainSettings(**record["train"]), LoraSettings(**record["lora"])
+    return start_training(loaded, data, train, lora, run_dir, resume_from=checkpoint)
 
 
 def planned_steps(rows: int, train: TrainSettings) -> int:
@@ -51,26 +101,37 @@ def planned_steps(rows: int, train: TrainSettings) -> int:
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def _run_job(loaded, data, train, lora, output_dir, job) -> None:
+def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> None:
+    status, result, error = "failed", None, None
     try:
         with loaded.lock:  # waits for a chat in progress to finish; chat waits for us in turn
-            result = run_training(loaded, data, train, lora, output_dir, job)
+            result = run_training(loaded, data, train, lora, output_dir, job, resume_from)
             if data.heldout and result["status"] == "done":
                 result["eval"] = evaluate_heldout(loaded, data, train, output_dir, job)
-        job.finish(result["status"], result=result)
+        status = result["status"]
     except Exception as err:  # the job ends with a readable error; the app and base model stay usable
         traceback.print_exc()
-        job.finish("failed", error=explain_failure(err, train))
+        error = explain_failure(err, train)
+        with contextlib.suppress(OSError, RunFolderError):  # a full disk may refuse this too
+            update_record(output_dir, status="failed", error=error)
     finally:
         loaded.model.eval()
         if loaded.device == "cuda":
             import torch
 
             torch.cuda.empty_cache()  # hand back what a failed (e.g. out-of-memory) step held
+        # Last: whoever waits on the job (the CLI exits then) finds this thread done with torch.
+        job.finish(status, result=result, error=error)
 
 
 def run_training(
-    loaded: LoadedModel, data: PreparedDataset, train: TrainSettings, lora: LoraSettings, output_dir: Path, job
+    loaded: LoadedModel,
+    data: PreparedDataset,
+    train: TrainSettings,
+    lora: LoraSettings,
+    output_dir: Path,
+    job: TrainingJob,
+    resume_from: Path | None = None,
 ) -> dict:
     model = attach_fresh_adapter(loaded, lora)
     restore_4bit_training_layout(model)
@@ -80,13 +141,14 @@ def run_training(
         FastLanguageModel.for_training(model)
     trainer = ReasoningSFTTrainer(
         model=model,
-        args=build_sft_config(train, output_dir, loaded.device),
+        args=build_sft_config(train, output_dir, loaded.device, job.total_steps),
         train_dataset=data.to_hf_dataset(),
         processing_class=loaded.tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; our job records them
-    trainer.add_callback(JobCallback(job, trainer))
-    trainer.train()
+    trainer.add_callback(JobCallback(job, trainer, output_dir))
+    # A resume loads the checkpoint's adapter, optimizer, schedule and data position, then goes on.
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.eval()
     if loaded.info.backend == "unsloth":
         from unsloth import FastLanguageModel
@@ -119,13 +181,11 @@ def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSet
         job.evaluating = None
     save_items(data.heldout, output_dir / "heldout.jsonl")
     (output_dir / "eval.json").write_text(json.dumps({**report.as_dict(), "items": item_rows(report)}, indent=2))
-    record = json.loads((output_dir / "run.json").read_text())
-    record["eval"] = report.as_dict()
-    (output_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    update_record(output_dir, eval=report.as_dict())
     return report.as_dict()
 
 
-def build_sft_config(train: TrainSettings, output_dir: Path, device: str):
+def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_steps: int):
     from trl import SFTConfig
 
     bf16, fp16 = _precision_flags(train.precision, device)
@@ -146,7 +206,9 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str):
         use_cpu=device != "cuda",
         seed=train.seed,
         logging_steps=1,  # one point per step for the live plot
-        save_strategy="no",  # we save the adapter ourselves, once, at the end
+        save_strategy="steps",  # checkpoints to resume from; the final adapter is saved by save_run
+        save_steps=train.save_steps or max(1, math.ceil(total_steps / 10)),
+        save_total_limit=2,  # a kill while one is written leaves the one before whole
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=device == "cuda",
@@ -195,16 +257,19 @@ class ReasoningSFTTrainer(SFTTrainer):
 class JobCallback(TrainerCallback):
     """Feeds each logged step into the job, and stops the trainer when the job is asked to stop."""
 
-    def __init__(self, job: TrainingJob, trainer: ReasoningSFTTrainer):
+    def __init__(self, job: TrainingJob, trainer: ReasoningSFTTrainer, output_dir: Path):
         self.job = job
         self.trainer = trainer
+        self.output_dir = output_dir
         self.last_time = time.perf_counter()
         self.last_tokens = 0
         self.started = self.last_time
+        self.first_step: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.job.stop_requested.is_set():
             control.should_training_stop = True
+            control.should_save = True  # a checkpoint at the stop, so Resume continues from here
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -213,6 +278,8 @@ class JobCallback(TrainerCallback):
         tokens = self.trainer.tokens_seen
         elapsed = now - self.started
         step, total = state.global_step, state.max_steps
+        if self.first_step is None:  # after a resume, the ETA counts only the steps run in this process
+            self.first_step = step - 1
         self.job.record(
             {
                 "step": step,
@@ -223,14 +290,15 @@ class JobCallback(TrainerCallback):
                 "tokens_per_s": round((tokens - self.last_tokens) / max(now - self.last_time, 1e-9), 1),
                 "elapsed_s": round(elapsed, 2),
                 "tokens": tokens,
-                "eta_s": round(elapsed / step * (total - step), 1) if step else None,
+                "eta_s": round(elapsed / (step - self.first_step) * (total - step), 1),
             }
         )
+        append_metric(self.output_dir, self.job.metrics[-1])
         self.last_time, self.last_tokens = now, tokens
 
 
 def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str) -> dict:
-    """Write the adapter, the tokenizer and run.json (settings, data stats, metrics) to the run folder."""
+    """Write the adapter and the tokenizer, and finish run.json (status, metrics) in the run folder."""
     adapter_dir = output_dir / "adapter"
     loaded.model.save_pretrained(str(adapter_dir))
     loaded.tokenizer.save_pretrained(str(adapter_dir))
@@ -244,21 +312,73 @@ def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, stat
         "adapter": str(adapter_dir),
         "runtime_s": round(time.time() - job.started_at, 1),
     }
-    record = {
-        **result,
-        "model": asdict(loaded.info),
-        "dataset": {"name": data.name, "template": data.template, "stats": asdict(data.stats)},
-        "train": asdict(train),
-        "lora": asdict(lora),
-        "metrics": job.metrics,
-    }
-    (output_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    update_record(output_dir, **result, error=None, metrics=job.metrics)
     return result
+
+
+def write_run_start(output_dir: Path, loaded: LoadedModel, data: PreparedDataset, train: TrainSettings,
+                    lora: LoraSettings, recipe: Recipe | None, total_steps: int, resume_from: Path | None) -> None:
+    """run.json saying "running" (and by which process), the rows and the recipe, before step one."""
+    try:
+        if resume_from is not None:
+            update_record(output_dir, status="running", owner=process_identity(), error=None,
+                          resumed_from=checkpoint_step(resume_from))
+            return
+        write_json_atomic(output_dir / "run.json", {
+            "status": "running",
+            "owner": process_identity(),
+            "total_steps": total_steps,
+            "started_at": time.time(),
+            "model": asdict(loaded.info),
+            "dataset": {"name": data.name, "template": data.template, "columns": data.columns,
+                        "stats": asdict(data.stats)},
+            "train": asdict(train),
+            "lora": asdict(lora),
+        })
+        write_prepared(output_dir, data)
+        (output_dir / "metrics.jsonl").write_text("")
+        if recipe is not None:
+            save_recipe(recipe, output_dir / "recipe.yaml")
+    except OSError as err:
+        raise RunFolderError(f"Cannot write the run folder {output_dir}: {disk_error(err)}") from err
+
+
+def write_prepared(output_dir: Path, data: PreparedDataset) -> None:
+    """The tokenized rows (and held-out rows) of a run: what a resume trains on, without the upload."""
+    from finetune.evaluate import save_items
+
+    lines = (json.dumps({"input_ids": row.input_ids, "labels": row.labels, "full_length": row.full_length})
+             for row in data.rows)
+    (output_dir / "train_rows.jsonl").write_text("\n".join(lines) + "\n")
+    if data.heldout:
+        save_items(data.heldout, output_dir / "heldout.jsonl")
+
+
+def read_prepared(run_dir: Path, record: dict) -> PreparedDataset:
+    from finetune.evaluate import load_eval_items
+    from finetune.formats import LengthStats, TokenizedRow
+
+    rows = [TokenizedRow(row["input_ids"], row["labels"], "", "", row["full_length"])
+            for row in map(json.loads, (run_dir / "train_rows.jsonl").read_text().splitlines())]
+    dataset = record["dataset"]
+    heldout = load_eval_items(str(run_dir / "heldout.jsonl")) if (run_dir / "heldout.jsonl").is_file() else []
+    return PreparedDataset(dataset["name"], dataset["template"], rows, LengthStats(**dataset["stats"]),
+                           [row.full_length for row in rows], dataset.get("columns", {}), heldout)
+
+
+def _rewrite_metrics(output_dir: Path, metrics: list[dict]) -> None:
+    (output_dir / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in metrics))
 
 
 def explain_failure(err: Exception, train: TrainSettings) -> str:
     """One sentence on what went wrong and what to change."""
+    if isinstance(err, RunFolderError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno is not None:
+        return f"Could not write the run's files: {disk_error(err)}"
     text = f"{type(err).__name__}: {err}".strip()
+    if any(sign in text for sign in ("No space left", "File too large", "Disk quota")):  # e.g. from safetensors
+        return "Could not write the run's files: the disk is full. Free some space or choose another output folder."
     if "out of memory" in text.lower():
         return (
             f"Out of memory. Lower the micro-batch size (now {train.micro_batch_size}) or max length "

@@ -24,6 +24,8 @@ from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model
+from finetune.recipe import Recipe
+from finetune.runs import RunSummary, list_runs, mark_abandoned_runs, read_record
 from inference.chat import stream_chat
 from inference.generate import GenerationSettings
 
@@ -42,10 +44,18 @@ class Workspace:
     """The name of the model being loaded right now, if any (a visitor's Load, or --preload)."""
     trained_template: str | None = None
     """The template the current adapter learned: chat must prompt the same way."""
+    allow_local_paths: bool = False
+    """Whether a visitor may name a model folder of this machine (the operator's choice; off on a Space)."""
+    interrupted_runs: list[str] = field(default_factory=list, init=False)
+    """Runs found "running" at start whose process had died, now marked incomplete."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _chat_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     """One stop switch per visitor's reply in progress, so Stop ends that visitor's reply only."""
     _eval_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # Runs whose process died (the app was killed or restarted mid-training) say so from now on.
+        self.interrupted_runs = mark_abandoned_runs(self.runs_dir)
 
     @property
     def training(self) -> bool:
@@ -59,7 +69,7 @@ class Workspace:
             raise WorkspaceError("Another model is loading right now; wait for it to finish.")
         try:
             self.loading = settings.name
-            loaded = load_model(settings)
+            loaded = load_model(settings, allow_local=self.allow_local_paths)
             replaced = self.loaded is not None
             self.loaded, self.trained_template = loaded, None  # drops the last reference to the old model
             if replaced:
@@ -96,8 +106,29 @@ class Workspace:
 
         prepared = self.prepare(rows, data, train.max_length)
         output_dir = self.runs_dir / (_safe_name(run_name) or time.strftime("run-%Y%m%d-%H%M%S"))
-        self.job = start_training(loaded, prepared, train, lora, output_dir)
+        if (output_dir / "run.json").exists():
+            raise WorkspaceError(f"A run named {output_dir.name} exists already: pick another name, or resume it.")
+        recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora, str(output_dir))
+        self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
         self.trained_template = prepared.template
+        return self.job
+
+    def runs(self) -> list[RunSummary]:
+        """The runs in the output folder, newest first: what the Train tab offers to resume."""
+        return list_runs(self.runs_dir)
+
+    def resume_training(self, run_name: str) -> TrainingJob:
+        """Continue a stopped or interrupted run from its last checkpoint, on the loaded model."""
+        loaded = self.require_model()
+        if self.training:
+            raise TrainingBusy(self.job)
+        from finetune.train import resume_training
+
+        run_dir = self.runs_dir / _safe_name(run_name)
+        if not run_name or not (run_dir / "run.json").is_file():
+            raise WorkspaceError("Pick a run to resume (one that was stopped or interrupted).")
+        self.job = resume_training(loaded, run_dir)
+        self.trained_template = read_record(run_dir).get("dataset", {}).get("template", "chat")
         return self.job
 
     def chat(

@@ -1,0 +1,83 @@
+"""What the operator of the app decides: where it listens, where runs go, what visitors may do.
+
+Read from the environment (a Space's "Variables", `docker run -e`), then the command line wins:
+
+    PORT or GRADIO_SERVER_PORT   port (7860)
+    GRADIO_SERVER_NAME           host (127.0.0.1; 0.0.0.0 in a Space or container)
+    GRADIO_SHARE                 1: also open a temporary public gradio.live link
+    FINETUNE_OUTPUT_DIR          where runs and exports are written (runs)
+    FINETUNE_PRESETS             comma-separated model presets to offer (all)
+    FINETUNE_PRELOAD             a model to load at start, e.g. embedded
+    FINETUNE_MAX_UPLOAD_MB       largest dataset upload (50)
+    FINETUNE_ALLOW_LOCAL_PATHS   1: visitors may type paths on this machine (model folder, dataset
+                                 file). Off by default: on a shared Space that would let anyone read
+                                 the server's files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from finetune.models import PRESETS
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+class SettingsError(ValueError):
+    """A bad environment variable or flag, named, with what it accepts."""
+
+
+@dataclass
+class AppSettings:
+    host: str | None = None
+    port: int | None = None
+    share: bool = False
+    output_dir: Path = Path("runs")
+    presets: tuple[str, ...] = tuple(PRESETS)
+    preload: str | None = None
+    max_upload_mb: int = 50
+    allow_local_paths: bool = False
+    extra_allowed: list[str] = field(default_factory=list)
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.output_dir / "exports"
+
+
+def settings_from_env(env: dict[str, str] | None = None) -> AppSettings:
+    env = dict(os.environ if env is None else env)
+    port = env.get("PORT") or env.get("GRADIO_SERVER_PORT")
+    return AppSettings(
+        host=env.get("GRADIO_SERVER_NAME") or None,
+        port=_number(port, "PORT") if port else None,
+        share=_flag(env.get("GRADIO_SHARE", ""), "GRADIO_SHARE"),
+        output_dir=Path(env.get("FINETUNE_OUTPUT_DIR") or "runs"),
+        presets=_presets(env.get("FINETUNE_PRESETS", "")),
+        preload=env.get("FINETUNE_PRELOAD") or None,
+        max_upload_mb=_number(env.get("FINETUNE_MAX_UPLOAD_MB") or "50", "FINETUNE_MAX_UPLOAD_MB"),
+        allow_local_paths=_flag(env.get("FINETUNE_ALLOW_LOCAL_PATHS", ""), "FINETUNE_ALLOW_LOCAL_PATHS"),
+    )
+
+
+def _number(text: str, name: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise SettingsError(f"{name} must be a whole number above 0, not {text!r}")
+    return int(text)
+
+
+def _flag(text: str, name: str) -> bool:
+    if text.strip().lower() not in TRUE + FALSE:
+        raise SettingsError(f"{name} must be 1 or 0 (true/false), not {text!r}")
+    return text.strip().lower() in TRUE
+
+
+def _presets(text: str) -> tuple[str, ...]:
+    if not text.strip():
+        return tuple(PRESETS)
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in PRESETS]
+    if unknown:
+        raise SettingsError(f"FINETUNE_PRESETS: unknown preset {unknown[0]!r}; the presets are {', '.join(PRESETS)}")
+    return names
