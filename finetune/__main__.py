@@ -172,7 +172,10 @@ def _settings(args):
 
 
 def _print(obj: dict) -> None:
-    print(json.dumps(obj), flush=True)
+    from finetune.backend import is_main_process
+
+    if is_main_process():  # under accelerate launch, one process per GPU: the first speaks for all
+        print(json.dumps(obj), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

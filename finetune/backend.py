@@ -37,3 +37,20 @@ def default_device() -> str:
 def import_unsloth_first() -> None:
     """Import Unsloth (if usable) before transformers/TRL/PEFT so its patches apply."""
     unsloth_available()
+
+
+# Data parallelism: `accelerate launch` or `torchrun` start one process per GPU and set these. The
+# Trainer does the distribution; the engine only loads each copy on its own GPU and lets the first
+# process alone write the run folder and print.
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

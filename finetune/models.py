@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from finetune.backend import default_device, unsloth_available
+from finetune.backend import default_device, local_rank, unsloth_available, world_size
 from finetune.config import ModelSettings
 from finetune.embedded import embedded_model_dir
 from finetune.hub import hub_offline_mode, hub_reachable
@@ -213,7 +213,8 @@ def _load_hf(path: str, device: str, quantize: bool, token: str | None):
             bnb_4bit_compute_dtype=dtype,
         )
     if device == "cuda":
-        kwargs["device_map"] = {"": 0}
+        torch.cuda.set_device(local_rank())
+        kwargs["device_map"] = {"": local_rank()}  # one whole copy per GPU (several under accelerate launch)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, token=token)
     return model, tokenizer
@@ -222,8 +223,12 @@ def _load_hf(path: str, device: str, quantize: bool, token: str | None):
 def _load_unsloth(path: str, settings: ModelSettings, quantize: bool, token: str | None):
     from unsloth import FastLanguageModel
 
+    placement = {"device_map": {"": local_rank()}} if world_size() > 1 else {}  # one whole copy per GPU
+    if placement:
+        torch.cuda.set_device(local_rank())
     return FastLanguageModel.from_pretrained(
-        model_name=path, max_seq_length=settings.max_length, dtype=None, load_in_4bit=quantize, token=token
+        model_name=path, max_seq_length=settings.max_length, dtype=None, load_in_4bit=quantize, token=token,
+        **placement,
     )
 
 

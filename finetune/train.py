@@ -21,6 +21,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback
 from trl import SFTTrainer
 
 from finetune.adapters import attach_fresh_adapter, restore_4bit_training_layout
+from finetune.backend import is_main_process
 from finetune.config import LoraSettings, TrainSettings
 from finetune.formats import PreparedDataset
 from finetune.job import TrainingBusy, TrainingJob
@@ -57,16 +58,19 @@ def start_training(
     if not data.rows:
         raise ValueError(f"{data.name}: no rows left to train on (every row was dropped; raise max length)")
     output_dir = Path(output_dir)
-    check_writable(output_dir)
+    if is_main_process():  # under accelerate launch, one process per GPU: the first writes the folder
+        check_writable(output_dir)
     with loaded.start_lock:
         if loaded.job is not None and loaded.job.running:
             raise TrainingBusy(loaded.job)
         total = planned_steps(len(data.rows), train)
-        write_run_start(output_dir, loaded, data, train, lora, recipe, total, resume_from)
+        if is_main_process():
+            write_run_start(output_dir, loaded, data, train, lora, recipe, total, resume_from)
         job = TrainingJob(total_steps=total, output_dir=str(output_dir))
         if resume_from is not None:  # the curve so far, up to the step training continues from
             job.metrics = read_metrics(output_dir, checkpoint_step(resume_from))
-            _rewrite_metrics(output_dir, job.metrics)
+            if is_main_process():
+                _rewrite_metrics(output_dir, job.metrics)
         loaded.job = job
     job.thread = threading.Thread(
         target=_run_job, args=(loaded, data, train, lora, output_dir, job, resume_from), name="training", daemon=True
@@ -106,14 +110,15 @@ def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> No
     try:
         with loaded.lock:  # waits for a chat in progress to finish; chat waits for us in turn
             result = run_training(loaded, data, train, lora, output_dir, job, resume_from)
-            if data.heldout and result["status"] == "done":
+            if data.heldout and result["status"] == "done" and is_main_process():
                 result["eval"] = evaluate_heldout(loaded, data, train, output_dir, job)
         status = result["status"]
     except Exception as err:  # the job ends with a readable error; the app and base model stay usable
         traceback.print_exc()
         error = explain_failure(err, train)
-        with contextlib.suppress(OSError, RunFolderError):  # a full disk may refuse this too
-            update_record(output_dir, status="failed", error=error)
+        if is_main_process():
+            with contextlib.suppress(OSError, RunFolderError):  # a full disk may refuse this too
+                update_record(output_dir, status="failed", error=error)
     finally:
         loaded.model.eval()
         if loaded.device == "cuda":
@@ -214,6 +219,7 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_
         dataloader_pin_memory=device == "cuda",
         gradient_checkpointing=False,  # set on the model when the adapter is attached
         train_sampling_strategy=train.sampling,
+        ddp_find_unused_parameters=False,  # several GPUs: every LoRA weight gets a gradient each step
     )
 
 
@@ -254,6 +260,19 @@ class ReasoningSFTTrainer(SFTTrainer):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
 
+def _sum_over_processes(count: int) -> int:
+    """Tokens seen by all GPUs together (data parallel); the count itself on one."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return count
+    import torch
+
+    total = torch.tensor([count], device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 class JobCallback(TrainerCallback):
     """Feeds each logged step into the job, and stops the trainer when the job is asked to stop."""
 
@@ -275,7 +294,7 @@ class JobCallback(TrainerCallback):
         if not logs or "loss" not in logs:
             return  # the final summary log (train_runtime, ...) has no per-step loss
         now = time.perf_counter()
-        tokens = self.trainer.tokens_seen
+        tokens = _sum_over_processes(self.trainer.tokens_seen)
         elapsed = now - self.started
         step, total = state.global_step, state.max_steps
         if self.first_step is None:  # after a resume, the ETA counts only the steps run in this process
@@ -293,15 +312,17 @@ class JobCallback(TrainerCallback):
                 "eta_s": round(elapsed / (step - self.first_step) * (total - step), 1),
             }
         )
-        append_metric(self.output_dir, self.job.metrics[-1])
+        if state.is_world_process_zero:
+            append_metric(self.output_dir, self.job.metrics[-1])
         self.last_time, self.last_tokens = now, tokens
 
 
 def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str) -> dict:
     """Write the adapter and the tokenizer, and finish run.json (status, metrics) in the run folder."""
     adapter_dir = output_dir / "adapter"
-    loaded.model.save_pretrained(str(adapter_dir))
-    loaded.tokenizer.save_pretrained(str(adapter_dir))
+    if is_main_process():
+        loaded.model.save_pretrained(str(adapter_dir))
+        loaded.tokenizer.save_pretrained(str(adapter_dir))
     loaded.adapter_dir = adapter_dir
     losses = [m["loss"] for m in job.metrics]
     result = {
@@ -312,7 +333,8 @@ def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, stat
         "adapter": str(adapter_dir),
         "runtime_s": round(time.time() - job.started_at, 1),
     }
-    update_record(output_dir, **result, error=None, metrics=job.metrics)
+    if is_main_process():
+        update_record(output_dir, **result, error=None, metrics=job.metrics)
     return result
 
 
