@@ -1,7 +1,9 @@
-"""Export what a run trained: the LoRA adapter alone, or a merged 16-bit model (the seeds'
-`merged_16bit`) that loads with plain transformers, no PEFT and no bitsandbytes.
+"""Export what a run trained: the LoRA adapter alone, a merged 16-bit model (the seeds'
+`merged_16bit`) that loads with plain transformers, no PEFT and no bitsandbytes, or the merged model
+as one GGUF file for llama.cpp / Ollama (`gguf_f16`, `gguf_q8_0`, `gguf_q4_k_m`; see gguf_export.py).
 
     export_model(loaded, "runs/demo/merged", "merged_16bit", run_dir="runs/demo")
+    export_model(loaded, "runs/demo/gguf", "gguf_q4_k_m", run_dir="runs/demo")   # gguf/model-q4_k_m.gguf
 
 Every export is atomic: it is written into a hidden temporary folder beside the target and moved
 into place with one rename, so a failed or stopped export leaves nothing that looks complete.
@@ -19,13 +21,15 @@ from pathlib import Path
 import torch
 
 from finetune.adapters import read_run_record
+from finetune.gguf_export import GGUF_FORMATS, GGUFExportError, export_gguf, run_instructions
 from finetune.merge import inner_model, merged_state_dict
 from finetune.models import LoadedModel
 
-FORMATS = ("adapter", "merged_16bit")
+FORMATS = ("adapter", "merged_16bit", *GGUF_FORMATS)
 CONTENTS = {
     "adapter": "the LoRA adapter (load it on the base model with PEFT)",
     "merged_16bit": "the base model with the LoRA adapter merged in, 16-bit (plain transformers)",
+    **{fmt: contents for fmt, (_, contents) in GGUF_FORMATS.items()},
 }
 NOT_MEDICAL_ADVICE = (
     "**Not medical advice.** This model was fine-tuned for research and teaching. Its answers can be wrong "
@@ -62,11 +66,14 @@ def export_model(loaded: LoadedModel, target: str | Path, fmt: str, run_dir: str
         raise ExportError("No adapter on the model: train one (or load a run's adapter) before exporting")
     record = read_run_record(run_dir or loaded.adapter_dir)
     with atomic_folder(target) as folder:
-        if fmt == "adapter":
-            loaded.model.save_pretrained(str(folder))
+        if fmt in GGUF_FORMATS:
+            _save_gguf(loaded, folder, fmt)  # the tokenizer is inside the file
         else:
-            _save_merged(loaded, folder, dtype)
-        loaded.tokenizer.save_pretrained(str(folder))
+            if fmt == "adapter":
+                loaded.model.save_pretrained(str(folder))
+            else:
+                _save_merged(loaded, folder, dtype)
+            loaded.tokenizer.save_pretrained(str(folder))
         (folder / "README.md").write_text(model_card(loaded, record, fmt))
     return Path(target)
 
@@ -90,6 +97,14 @@ def _save_merged(loaded: LoadedModel, folder: Path, dtype: torch.dtype) -> None:
     merged.save_pretrained(str(folder))
 
 
+def _save_gguf(loaded: LoadedModel, folder: Path, fmt: str) -> None:
+    """One GGUF file, always from fp32 merged weights (`dtype` does not apply: the format is the type)."""
+    try:
+        export_gguf(loaded, folder, fmt)
+    except GGUFExportError as err:
+        raise ExportError(str(err)) from err
+
+
 def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:
     """A model card for the person who finds this folder: what it is, how it was made, how it scored."""
     train, lora, data = record.get("train", {}), record.get("lora", {}), record.get("dataset", {})
@@ -103,6 +118,8 @@ def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:
         f"- Dataset: {data.get('name', 'unknown')} ({data.get('stats', {}).get('rows', '?')} rows, "
         f"template {data.get('template', '?')})",
     ]
+    if fmt in GGUF_FORMATS:
+        lines.append(run_instructions(fmt))
     if train:
         lines.append(
             f"- Recipe: LoRA r{lora.get('r')} alpha {lora.get('alpha')}, micro-batch "
