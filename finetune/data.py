@@ -11,11 +11,14 @@ import csv
 import io
 import json
 import random
+import re
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.hub import hub_offline_mode, hub_reachable
-from inference.think import split_think
+from inference.think import THINK_OPEN, split_think
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 SAMPLE_FILE = SAMPLE_DIR / "clinical_vignettes.jsonl"
@@ -129,15 +132,34 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+# Line breaks as editors count them. Not str.splitlines(): it also breaks at U+2028, U+2029 and U+0085,
+# which JSON allows unescaped inside a string, and so would cut valid rows in two.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _load_json(text: str, name: str, where: str, line: int = 1):
+    """json.loads with every failure as one DatasetError; `where` names the part read ('line 3', 'the file')
+    and `line` is the file's line that `text` starts on."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetError(
+            f"{name}: malformed JSON on line {line + err.lineno - 1}: {err.msg} (column {err.colno})"
+        ) from None
+    except RecursionError:
+        raise DatasetError(f"{name}: {where} nests lists or objects too deeply to read") from None
+    except ValueError:  # json's one other failure: an integer past Python's conversion limit
+        raise DatasetError(
+            f"{name}: {where} holds a number with more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+
+
 def _parse_jsonl(text: str, name: str) -> list[dict]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetError(f"{name}: malformed JSON on line {number}: {err.msg} (column {err.colno})") from None
+        row = _load_json(line, name, f"line {number}", number)
         if not isinstance(row, dict):
             raise DatasetError(f"{name}: line {number} is a JSON {type(row).__name__}, expected an object")
         rows.append(row)
@@ -145,10 +167,7 @@ def _parse_jsonl(text: str, name: str) -> list[dict]:
 
 
 def _parse_json(text: str, name: str) -> list[dict]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{name}: malformed JSON on line {err.lineno}: {err.msg} (column {err.colno})") from None
+    data = _load_json(text, name, "the file")
     if isinstance(data, dict):
         # {"data": [...]} / {"train": [...]}: take the one list of rows it holds.
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -164,26 +183,52 @@ def _parse_json(text: str, name: str) -> list[dict]:
 
 
 def _parse_csv(text: str, name: str) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # The line the reader is on (where a row ends: a quoted cell can span lines); DictReader's own
+    # line_num lags behind when a row fails.
+    lines = reader.reader
+    rows = []
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = [dict(row) for row in reader]
+        if reader.fieldnames is None:
+            raise DatasetError(f"{name}: the file has no header row")
+        if not reader.fieldnames:  # a blank first line reads as a header of no columns
+            raise DatasetError(f"{name}: line 1 is empty; the header row (the column names) must come first")
+        for row in reader:
+            if None in row:
+                raise DatasetError(f"{name}: line {lines.line_num} has more cells than the header has columns")
+            rows.append(row)
     except csv.Error as err:
-        raise DatasetError(f"{name}: malformed CSV: {err}") from None
-    if reader.fieldnames is None:
-        raise DatasetError(f"{name}: the file has no header row")
-    for number, row in enumerate(rows, start=2):
-        if None in row:
-            raise DatasetError(f"{name}: line {number} has more cells than the header has columns")
+        raise DatasetError(f"{name}: malformed CSV on line {lines.line_num}: {err}") from None
     return rows
 
 
 def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_table(path).to_pylist()
+        with pq.ParquetFile(path) as parquet:  # not pq.read_table: it fails on a repeated column name
+            table = parquet.read()
+        names = table.column_names  # decoded here: a damaged file's names may not be UTF-8
     except Exception as err:  # pyarrow raises several types for a damaged file
-        raise DatasetError(f"{path.name}: not a readable Parquet file ({err})") from None
+        # Its first line, without the server's folders: Arrow quotes the whole path.
+        reason = (str(err).replace(str(path), path.name).splitlines() or [type(err).__name__])[0]
+        raise DatasetError(f"{path.name}: not a readable Parquet file ({reason})") from None
+    repeated = [column for column, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise DatasetError(f"{path.name}: column '{repeated[0]}' appears more than once; give each column its own name")
+    rows: list[dict] = [{} for _ in range(table.num_rows)]
+    for column, values in zip(names, table.columns, strict=True):
+        try:
+            cells = values.to_pylist()
+        except Exception:  # e.g. a date past year 9999: Arrow holds it, Python's datetime cannot
+            try:
+                cells = values.cast(pa.string()).to_pylist()  # as text, like any other cell
+            except Exception as err:
+                raise DatasetError(f"{path.name}: column '{column}' cannot be read ({err})") from None
+        for row, cell in zip(rows, cells, strict=True):
+            row[column] = cell
+    return rows
 
 
 def read_hub_dataset(repo: str, config: str | None, split: str) -> list[dict]:
@@ -253,12 +298,30 @@ def resolve_columns(columns: list[str], overrides: dict[str, str], name: str, ne
 # Rows to examples
 
 
+def _require_text(value: str, where: str) -> str:
+    """`value` if it can be tokenized and shown. A JSON escape of half a surrogate pair (\\ud800) reads
+    as a lone surrogate: Python keeps it, but no tokenizer or browser accepts it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        escape = value[err.start].encode("unicode_escape").decode()
+        raise DatasetError(
+            f"{where} holds {escape}, half of a UTF-16 surrogate pair, which is not text; "
+            "fix or remove that escape"
+        ) from None
+    return value
+
+
 def _cell(row: dict, column: str, number: int, name: str, required: bool) -> str:
     value = row.get(column)
     if value is None or (isinstance(value, float) and value != value):  # None or NaN from pandas/parquet
         value = ""
     if not isinstance(value, str):
-        value = str(value)
+        try:
+            value = str(value)
+        except RecursionError:  # a list or object nested about as deep as the JSON reader allows
+            raise DatasetError(f"{name}: row {number}, column '{column}' nests lists or objects too deeply") from None
+    _require_text(value, f"{name}: row {number}, column '{column}'")
     if required and not value.strip():
         raise DatasetError(f"{name}: row {number}, column '{column}' is empty")
     return value.strip()
@@ -276,7 +339,11 @@ def _example_from_messages(messages, number: int, name: str, column: str) -> Exa
     question, reply = contents[user[-1]], contents[assistant[-1]]
     if not isinstance(question, str) or not question.strip() or not isinstance(reply, str) or not reply.strip():
         raise DatasetError(f"{name}: row {number}, column '{column}' has an empty user or assistant turn")
+    for text in (question, reply):
+        _require_text(text, f"{name}: row {number}, column '{column}'")
     thinking, answer, closed = split_think(reply)
+    if not closed and THINK_OPEN not in reply:  # "<th": split_think, made for streams, waits for the rest of a tag
+        thinking, answer, closed = "", reply.strip(), True
     if not closed:
         raise DatasetError(f"{name}: row {number}, column '{column}': the assistant's <think> block is never closed")
     if not answer:
@@ -336,7 +403,10 @@ def read_source(source: str, split: str = "train[0:500]", max_rows: int | None =
         name, rows = Path(source).name, read_records(source)
     if max_rows is not None:
         rows = rows[:max_rows]
-    return RawRows(name, rows, list(dict.fromkeys(key for row in rows for key in row)))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:  # shown in the column pickers and in messages
+        _require_text(column, f"{name}: a column name")
+    return RawRows(name, rows, columns)
 
 
 def map_columns(raw: RawRows, columns: dict[str, str] | None = None) -> LoadedRows:
@@ -379,10 +449,17 @@ def _options(value, name: str, number: int) -> dict[str, str] | None:
     if value in (None, "", [], {}):
         return None
     if isinstance(value, list):
+        if len(value) > 26:  # past Z the letters would run into punctuation, and 'a' would become 'A' again
+            raise DatasetError(f"{name}, row {number}: 'options' has {len(value)} entries; at most 26 (A to Z)")
         value = {chr(ord("A") + i): text for i, text in enumerate(value)}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise DatasetError(f"{name}, row {number}: 'options' must be a {{letter: text}} object or a list of texts")
-    return {str(k).strip().upper(): v.strip() for k, v in value.items()}
+    options = {str(k).strip().upper(): v.strip() for k, v in value.items()}
+    if len(options) < len(value):
+        raise DatasetError(f"{name}, row {number}: 'options' names a letter twice (letters ignore case and spaces)")
+    for text in (*options, *options.values()):  # both go into the prompt
+        _require_text(text, f"{name}, row {number}: 'options'")
+    return options
 
 
 def _gold(row: dict, options: dict[str, str], name: str, number: int) -> str:
@@ -401,10 +478,12 @@ def _gold(row: dict, options: dict[str, str], name: str, number: int) -> str:
     raise DatasetError(f"{name}, row {number}: has options but no answer_idx (or answer) naming one of them")
 
 
-def holdout_indices(total: int, rows: int, seed: int = 0) -> list[int]:
-    """Which of `total` rows to hold out of training: `rows` of them at random (fixed by `seed`), in order."""
+def holdout_indices(total: int, rows: int, seed: int = 0, name: str = "") -> list[int]:
+    """Which of `total` rows to hold out of training: `rows` of them at random (fixed by `seed`), in order.
+    `name`, the dataset's, starts the message when there are too few rows."""
     if rows <= 0:
         return []
     if rows >= total:
-        raise DatasetError(f"cannot hold out {rows} of {total} rows: nothing would be left to train on")
+        where = f"{name}: " if name else ""
+        raise DatasetError(f"{where}cannot hold out {rows} of {total} rows: nothing would be left to train on")
     return sorted(random.Random(seed).sample(range(total), rows))

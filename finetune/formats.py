@@ -200,7 +200,7 @@ def prepare_dataset(data: DataSettings, tokenizer, max_length: int) -> PreparedD
 def tokenize_rows(rows: LoadedRows, data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
     """Tokenize rows already read (the CLI reads and checks them before the model loads), less the
     `data.holdout_rows` held out for evaluation."""
-    held = holdout_indices(len(rows.examples), data.holdout_rows)  # in row order
+    held = holdout_indices(len(rows.examples), data.holdout_rows, name=rows.name)  # in row order
     kept = set(range(len(rows.examples))) - set(held)
     train = [example for i, example in enumerate(rows.examples) if i in kept]
     prepared = tokenize_examples(tokenizer, train, data.template, max_length, data.system_prompt, rows.name)

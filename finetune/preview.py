@@ -19,6 +19,8 @@ MAX_UPLOAD_MB = 50
 def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
     """Read an uploaded dataset file, refusing wrong types and oversized files with one sentence."""
     path = Path(path)
+    if not path.is_file():  # e.g. Gradio's copy of the upload was cleaned away
+        raise DatasetError(f"{path.name}: no such file; upload it again")
     size_mb = path.stat().st_size / 2**20
     if size_mb > max_mb:
         raise DatasetError(f"{path.name}: {size_mb:.0f} MB is over the {max_mb:g} MB upload limit")
