@@ -93,3 +93,44 @@ def app_server(tmp_path_factory):
         workspace.job.stop()
         workspace.job.wait(timeout=300)
     demo.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(tmp_path: Path, *args: str, **env: str):
+    """`python app.py` in its own process, as an operator starts it; returns (process, url) once it answers."""
+    import os
+    import subprocess
+    import time
+    import urllib.request
+
+    port = free_port()
+    environment = {**os.environ, "PORT": str(port), "FINETUNE_OUTPUT_DIR": str(tmp_path / "runs"), **env}
+    log = tmp_path / f"app-{port}.log"  # a file, not a pipe: a full pipe would block the app
+    process = subprocess.Popen([sys.executable, "app.py", *args], cwd=ROOT, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return process, url
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(log.read_text()[-3000:]) from None
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError("the app did not start within 2 minutes")
+
+
+def choose_sample_dataset(client, max_length: int = 128) -> None:
+    """What the Dataset tab does for a visitor: read the bundled sample, then map it (the preview)."""
+    *pickers, _ = client.predict("sample", None, "train[0:500]", api_name="/read_dataset")
+    columns = [picker["value"] if isinstance(picker, dict) else picker for picker in pickers]
+    client.predict(*columns, "chat", "", max_length, 1, api_name="/preview_dataset")

@@ -1,17 +1,13 @@
 """What the operator sets from the environment, and what a visitor cannot reach on the server's disk."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, choose_sample_dataset, start_app
 from gradio_client import Client
 
 from finetune.app_settings import SettingsError, settings_from_env
@@ -38,31 +34,6 @@ def test_settings_come_from_the_environment():
 def test_a_bad_setting_is_named(env, message):
     with pytest.raises(SettingsError, match=message):
         settings_from_env(env)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(tmp_path: Path, **env) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environment = {**os.environ, "PORT": str(port), "FINETUNE_OUTPUT_DIR": str(tmp_path / "runs"), **env}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process, url
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(process.stderr.read())
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError("the app did not start within 2 minutes")
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +108,7 @@ def test_a_run_name_cannot_leave_the_output_folder(locked_app):
     url, tmp_path = locked_app
     client = Client(url, verbose=False)
     client.predict("embedded", False, 160, "auto", api_name="/load_model")
-    client.predict("sample", None, "train[0:500]", api_name="/read_dataset")
+    choose_sample_dataset(client)
     settings = ("chat", "", 160, 1, 2e-3, 2, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)
     status, _ = client.predict(*settings, "../../escaped", 0, False, api_name="/start_training")
     assert status == "Starting…"
