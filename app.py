@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import shutil
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +44,8 @@ from finetune.eval_view import (  # noqa: E402
     question_rows,
 )
 from finetune.evaluate import EvalSettings  # noqa: E402
+from finetune.export import ExportError  # noqa: E402
+from finetune.hub import PushError  # noqa: E402
 from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
 from finetune.preview import preview_dataset, read_dataset  # noqa: E402
@@ -82,7 +85,15 @@ CSS = """
 .progress-fill {height: 100%; background: var(--color-accent)}
 """
 # Errors a visitor can cause or fix: shown as a message, never as a traceback.
-VISITOR_ERRORS = (DatasetError, ModelLoadError, WorkspaceError, TrainingBusy, ModelBusy, ValueError)
+VISITOR_ERRORS = (DatasetError, ModelLoadError, WorkspaceError, TrainingBusy, ModelBusy, ExportError, PushError,
+                  ValueError)
+EXPORT_CHOICES = {
+    "adapter": "LoRA adapter (small; needs the base model)",
+    "merged_16bit": "Merged 16-bit model (plain transformers)",
+    "gguf_q8_0": "GGUF q8_0 (llama.cpp, Ollama)",
+    "gguf_q4_k_m": "GGUF q4_k_m (smallest)",
+    "gguf_f16": "GGUF f16",
+}
 
 
 def build_app(workspace: Workspace, device: str, settings: AppSettings | None = None) -> gr.Blocks:
@@ -258,6 +269,28 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             gr.Markdown(published_markdown(), elem_id="published")
             eval_report = gr.State(None)
 
+        with gr.Tab("Export", id="export"):
+            gr.Markdown("Save what was trained, then share it. Every export is written to a hidden folder first and "
+                        "appears whole or not at all. The model card in each export says what it is, how it was "
+                        "trained and evaluated, and that it is not medical advice.")
+            with gr.Row():
+                export_format = gr.Radio([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
+                                         label="Format", elem_id="export-format", scale=3)
+                export_name = gr.Textbox("", label="Folder name (under exports/)", placeholder="automatic", scale=1)
+            export_button = gr.Button("Export", variant="primary", elem_id="export")
+            export_status = gr.Markdown(elem_id="export-status")
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
+            with gr.Accordion("Push to the Hugging Face Hub", open=True):
+                with gr.Row():
+                    push_choice = gr.Dropdown(workspace.exports(), label="Export to push", elem_id="push-choice")
+                    repo_id = gr.Textbox("", label="Repo id", placeholder="your-name/model-name", elem_id="repo-id")
+                    private = gr.Checkbox(True, label="Private (for a new repo)")
+                hub_token = gr.Textbox("", type="password", label="Token with write access",
+                                       placeholder="empty: the app's HF_TOKEN secret", elem_id="hub-token",
+                                       info="Used for this push only: never shown, logged or kept.")
+                push_button = gr.Button("Push", elem_id="push")
+                push_status = gr.Markdown(elem_id="push-status")
+
         # ---------------------------------------------------------------------------------------
         # Model
 
@@ -416,6 +449,26 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def show_question(report, number):
             return question_detail(report, int(number or 1)) if report is not None else gr.skip()
 
+        # ---------------------------------------------------------------------------------------
+        # Export
+
+        def export(fmt, name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+            progress(0.1, desc=f"Exporting {EXPORT_CHOICES.get(fmt, fmt)}…")
+            try:
+                folder = workspace.export(fmt, name or "")
+            except VISITOR_ERRORS as err:
+                return f"⚠ {err}", None, gr.update(choices=workspace.exports())
+            files = sorted(path.name for path in folder.iterdir())
+            line = f"✓ Exported to `{folder}`: {', '.join(files)}."
+            return line, _download(folder, fmt), gr.update(choices=workspace.exports(), value=folder.name)
+
+        def push(export_name, repo, token, private_repo):
+            try:
+                url = workspace.push(export_name, repo, token, bool(private_repo))
+            except VISITOR_ERRORS as err:
+                return f"⚠ {err}", ""  # the token field is emptied either way
+            return f"✓ Pushed {export_name} to {url}", ""
+
         def show_panes(mode_name):
             panes = CHAT_MODES[mode_name]
             return gr.update(visible="base" in panes), gr.update(visible="tuned" in panes)
@@ -476,6 +529,11 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         eval_pick.change(show_question, [eval_report, eval_pick], eval_detail, api_name=False)
         eval_upload.upload(lambda: "upload", None, eval_source, api_name=False)
 
+        export_button.click(export, [export_format, export_name], [export_status, export_file, push_choice],
+                            api_name="export", concurrency_id="model", concurrency_limit=1)
+        push_button.click(push, [push_choice, repo_id, hub_token, private], [push_status, hub_token],
+                          api_name="push")
+
         # A new or reloaded page shows the shared model and re-attaches to a running job.
         demo.load(model_status_now, None, [model_status, model_timer], api_name=False)
         # While a load runs (e.g. --preload), watch it; the preview then gains the exact training text.
@@ -508,6 +566,15 @@ def _progress_html(fraction: float) -> str:
     percent = round(100 * fraction)
     return (f'<div class="progress-track" role="progressbar" aria-valuenow="{percent}" aria-valuemin="0" '
             f'aria-valuemax="100"><div class="progress-fill" style="width: {percent}%"></div></div>')
+
+
+def _download(folder: Path, fmt: str) -> str | None:
+    """One file to download: the GGUF itself, or the adapter zipped; a merged model is too big for a browser."""
+    if fmt.startswith("gguf"):
+        return str(next(folder.glob("*.gguf")))
+    if fmt == "adapter":
+        return shutil.make_archive(str(folder), "zip", folder)
+    return None
 
 
 def _resumable_runs(workspace: Workspace) -> list[tuple[str, str]]:

@@ -229,6 +229,40 @@ class Workspace:
         if stop is not None:
             stop.set()
 
+    @property
+    def exports_dir(self) -> Path:
+        return self.runs_dir / "exports"
+
+    def export(self, fmt: str, name: str = "") -> Path:
+        """Write what was trained (the adapter on the loaded model) in `fmt` to a new folder under exports/."""
+        from finetune.export import export_model
+
+        loaded = self.require_model()
+        if self.training:
+            raise WorkspaceError("A training run is going on; export when it ends or is stopped.")
+        if not loaded.has_adapter:
+            raise WorkspaceError("Nothing trained to export yet: train (or resume) a run first.")
+        run_name = loaded.adapter_dir.parent.name if loaded.adapter_dir else "run"
+        target = self.exports_dir / (_safe_name(name) or f"{run_name}-{fmt.replace('_', '-')}")
+        with loaded.lock:  # not while a reply is written: the GGUF and merged exports read every weight
+            return export_model(loaded, target, fmt, run_dir=loaded.adapter_dir)
+
+    def exports(self) -> list[str]:
+        """The finished exports, newest first (a hidden .partial- folder is an export in progress or failed)."""
+        if not self.exports_dir.is_dir():
+            return []
+        folders = [path for path in self.exports_dir.iterdir() if path.is_dir() and not path.name.startswith(".")]
+        return [path.name for path in sorted(folders, key=lambda path: path.stat().st_mtime, reverse=True)]
+
+    def push(self, export_name: str, repo_id: str, token: str | None, private: bool = True) -> str:
+        """Upload one export folder to the Hub; the token is used for this call only and kept nowhere."""
+        from finetune.hub import push_folder
+
+        folder = self.exports_dir / _safe_name(export_name or "")
+        if not export_name or not folder.is_dir():
+            raise WorkspaceError("Pick an export to push: export the model first.")
+        return push_folder(folder, (repo_id or "").strip(), token=(token or "").strip() or None, private=private)
+
     def stop_training(self) -> str:
         if not self.training:
             return "No training run is going on."
