@@ -320,7 +320,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def read(choice, file, hub_split):
             """Read the choice once; the column pickers get its columns, pre-set to what was detected."""
             try:
-                raw = read_dataset(choice, file, hub_split)
+                raw = read_dataset(choice, file, hub_split, settings.max_upload_mb)
             except VISITOR_ERRORS as err:
                 return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {err}"
             detected = raw.detected()

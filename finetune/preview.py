@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import DataSettings
-from finetune.data import DatasetError, LoadedRows, RawRows, map_columns, read_source
+from finetune.data import HUB_PRESETS, DatasetError, LoadedRows, RawRows, map_columns, read_source
 from finetune.formats import LengthStats, preview_row, tokenize_rows
 
 MAX_UPLOAD_MB = 50
@@ -27,13 +27,18 @@ def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
     return read_source(str(path))
 
 
-def read_dataset(source: str, upload: str | Path | None = None, split: str = "train[0:500]") -> RawRows:
-    """Read a preset, or the uploaded file when `source` is 'upload': the one read of a visitor's choice."""
-    if source != "upload":
-        return read_source(source, split)
-    if not upload:
-        raise DatasetError("No file uploaded yet: drop a .jsonl, .json, .csv or .parquet file above.")
-    return read_upload(upload)
+def read_dataset(source: str, upload: str | Path | None = None, split: str = "train[0:500]",
+                 max_mb: float = MAX_UPLOAD_MB) -> RawRows:
+    """Read a preset, or the uploaded file when `source` is 'upload': the one read of a visitor's choice.
+
+    Never a path: a visitor names a preset or uploads a file (the CLI reads paths, the app does not)."""
+    if source == "upload":
+        if not upload:
+            raise DatasetError("No file uploaded yet: drop a .jsonl, .json, .csv or .parquet file above.")
+        return read_upload(upload, max_mb)
+    if source != "sample" and source not in HUB_PRESETS:
+        raise DatasetError(f"{source!r} is not one of the datasets offered: pick one, or upload a file.")
+    return read_source(source, split)
 
 
 @dataclass

@@ -95,6 +95,12 @@ def test_a_dataset_cannot_name_a_server_file_through_the_api(locked_app, tmp_pat
         assert "event: error" in answer and "Question" not in answer and "root:" not in answer
 
 
+def test_a_dataset_choice_is_never_a_path(locked_app):
+    url, _ = locked_app
+    answer = call_raw(url, "read_dataset", ["/etc/passwd", None, "train[0:500]"])
+    assert "root:" not in answer and ("event: error" in answer or "is not one of the datasets offered" in answer)
+
+
 def test_an_upload_over_the_operators_limit_is_refused(locked_app, tmp_path):
     url, _ = locked_app
     big = tmp_path / "big.jsonl"
