@@ -94,6 +94,18 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     assert all(m["grad_norm"] > 0 for m in again.metrics)
     assert loaded.decoder is None
     assert list(stream_reply(loaded, "Define sepsis.", GenerationSettings(max_new_tokens=16)))[-1].tokens == 16
+
+    # Stop, then resume from the checkpoint written at the stop: the run ends at its planned step.
+    from finetune.train import resume_training
+
+    stopped = start_training(loaded, data, TrainSettings(max_steps=6, max_length=1024), LoraSettings(), tmp_path / "r3")
+    while len(stopped.metrics) < 2:
+        time.sleep(0.05)
+    stopped.stop()
+    assert stopped.wait(timeout=600) and stopped.status == "stopped", stopped.error
+    resumed = resume_training(loaded, tmp_path / "r3")
+    assert resumed.wait(timeout=600) and resumed.status == "done", resumed.error
+    assert [m["step"] for m in resumed.metrics] == [1, 2, 3, 4, 5, 6]
     steady = job.metrics[2:]
     report = {
         "backend": backend,
