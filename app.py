@@ -381,7 +381,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             return "Resuming…", gr.Timer(active=True)
 
         def refresh_runs():
-            return gr.update(choices=_resumable_runs(workspace)), _interrupted_note(workspace)
+            runs = _resumable_runs(workspace)
+            return gr.update(choices=runs, value=runs[0][1] if runs else None), _interrupted_note(workspace)
 
         def dashboard():
             job = workspace.job

@@ -267,7 +267,8 @@ class Workspace:
         if not self.training:
             return "No training run is going on."
         self.job.stop()
-        return "Stopping after the current step; the adapter trained so far will be saved."
+        return ("Stopping after the current step; the adapter trained so far and a checkpoint to resume from "
+                "will be saved.")
 
 
 def _safe_name(name: str) -> str:
