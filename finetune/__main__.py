@@ -7,6 +7,7 @@
     python -m finetune train --config recipes/embedded-cpu-demo.yaml
     python -m finetune train --resume runs/demo
     python -m finetune runs
+    HF_TOKEN=... python -m finetune push runs/demo-merged --repo your-name/r1-medical
 
 `train` prints one JSON object per step, then a final one with status, steps, loss_first,
 loss_last, adapter (and eval, with --holdout). `eval` prints one JSON object last:
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --holdout: generate answers too (format, accuracy), not only the loss")
     train.add_argument("--eval-max-new-tokens", type=int, default=512)
     commands.choices["preview"].add_argument("--rows", type=int, default=2)
+    push = commands.add_parser("push", help="upload an export folder to the Hub; the token comes from HF_TOKEN")
+    push.add_argument("folder", help="an export folder (adapter, merged model or GGUF, with its model card)")
+    push.add_argument("--repo", required=True, help="owner/name of the model repo (created if missing)")
+    push.add_argument("--public", action="store_true", help="create the repo public (default: private)")
     runs = commands.add_parser("runs", help="the runs in a folder, their status; marks interrupted ones incomplete")
     runs.add_argument("--runs-dir", default="runs")
     evaluate = commands.add_parser("eval", help="base vs fine-tuned on held-out rows; one JSON object last")
@@ -190,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_export(args)
     if args.command == "runs":
         return run_runs(args)
+    if args.command == "push":
+        return run_push(args)
     if args.command == "train" and args.resume:
         return run_resume(args)
     from finetune.data import DatasetError, load_examples
@@ -289,6 +296,19 @@ def run_resume(args) -> int:
     print(f"resume: {run_dir.name} ({record.get('status')}) from {checkpoint.name if checkpoint else 'nothing'}, "
           f"model {loaded.info.summary()}", file=sys.stderr)
     return _follow(lambda: resume_training(loaded, run_dir))
+
+
+def run_push(args) -> int:
+    """`python -m finetune push`: the token only from HF_TOKEN, never a flag (shell history, process lists)."""
+    from finetune.hub import PushError, push_folder
+
+    try:
+        url = push_folder(args.folder, args.repo, private=not args.public)
+    except PushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print({"pushed": args.folder, "url": url})
+    return 0
 
 
 def run_runs(args) -> int:

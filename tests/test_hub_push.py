@@ -2,14 +2,18 @@
 speaks the requests huggingface_hub makes, so what arrived can be compared with what was sent."""
 
 import hashlib
+import json
 import logging
+import os
 import random
 import socket
+import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+from conftest import ROOT
 from hub_standin import USER, HubStandin
 
 from finetune.hub import NO_TOKEN, OFFLINE, PushError, push_folder, scrub
@@ -217,3 +221,18 @@ def test_missing_or_empty_folder(hub, tmp_path):
 )
 def test_scrub(text, expected):
     assert scrub(text, "s3cret") == expected
+
+
+def test_the_command_line_pushes_with_the_token_from_the_environment(hub, exported):
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
+    env.pop("HF_HUB_OFFLINE", None)
+    result = subprocess.run([sys.executable, "-m", "finetune", "push", str(exported), "--repo", "standin-user/cli"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["url"] == f"{hub.url}/standin-user/cli"
+    assert hub.files("standin-user/cli") == {p.name: p.read_bytes() for p in exported.iterdir()}
+    assert TOKEN not in result.stdout + result.stderr
+    env["HF_TOKEN"] = "hf_wrongToken1234567"
+    refused = subprocess.run([sys.executable, "-m", "finetune", "push", str(exported), "--repo", "standin-user/cli"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "refused the token" in refused.stderr and "hf_wrong" not in refused.stderr
