@@ -269,11 +269,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             gr.Markdown(published_markdown(), elem_id="published")
             eval_report = gr.State(None)
 
-        with gr.Tab("Export", id="export"):
+        with gr.Tab("Export", id="export") as export_tab:
             gr.Markdown("Save what was trained, then share it. Every export is written to a hidden folder first and "
                         "appears whole or not at all. The model card in each export says what it is, how it was "
                         "trained and evaluated, and that it is not medical advice.")
             with gr.Row():
+                export_run = gr.Dropdown(workspace.exportable_runs(), label="Run", elem_id="export-run", scale=1,
+                                         info="Its adapter goes on the loaded model, which must be its base")
                 export_format = gr.Radio([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
                                          label="Format", elem_id="export-format", scale=3)
                 export_name = gr.Textbox("", label="Folder name (under exports/)", placeholder="automatic", scale=1)
@@ -453,15 +455,19 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         # ---------------------------------------------------------------------------------------
         # Export
 
-        def export(fmt, name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
+        def export(run, fmt, name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             progress(0.1, desc=f"Exporting {EXPORT_CHOICES.get(fmt, fmt)}…")
             try:
-                folder = workspace.export(fmt, name or "")
+                folder = workspace.export(fmt, name or "", run or "")
             except VISITOR_ERRORS as err:
                 return f"⚠ {err}", None, gr.update(choices=workspace.exports())
             files = sorted(path.name for path in folder.iterdir())
             line = f"✓ Exported to `{folder}`: {', '.join(files)}."
             return line, _download(folder, fmt), gr.update(choices=workspace.exports(), value=folder.name)
+
+        def refresh_exports():
+            runs = workspace.exportable_runs()
+            return gr.update(choices=runs, value=runs[0] if runs else None), gr.update(choices=workspace.exports())
 
         def push(export_name, repo, token, private_repo):
             try:
@@ -530,8 +536,10 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         eval_pick.change(show_question, [eval_report, eval_pick], eval_detail, api_name=False)
         eval_upload.upload(lambda: "upload", None, eval_source, api_name=False)
 
-        export_button.click(export, [export_format, export_name], [export_status, export_file, push_choice],
-                            api_name="export", concurrency_id="model", concurrency_limit=1)
+        export_button.click(export, [export_run, export_format, export_name],
+                            [export_status, export_file, push_choice], api_name="export", concurrency_id="model",
+                            concurrency_limit=1)
+        export_tab.select(refresh_exports, None, [export_run, push_choice], api_name="exportable")
         push_button.click(push, [push_choice, repo_id, hub_token, private], [push_status, hub_token],
                           api_name="push")
 

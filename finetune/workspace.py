@@ -233,19 +233,42 @@ class Workspace:
     def exports_dir(self) -> Path:
         return self.runs_dir / "exports"
 
-    def export(self, fmt: str, name: str = "") -> Path:
-        """Write what was trained (the adapter on the loaded model) in `fmt` to a new folder under exports/."""
+    def exportable_runs(self) -> list[str]:
+        """Runs with a saved adapter, newest first."""
+        return [run.name for run in self.runs() if (run.folder / "adapter" / "adapter_config.json").is_file()]
+
+    def export(self, fmt: str, name: str = "", run_name: str = "") -> Path:
+        """Write a run's adapter (default: the one on the loaded model) in `fmt` to a new folder under exports/."""
         from finetune.export import export_model
 
         loaded = self.require_model()
         if self.training:
             raise WorkspaceError("A training run is going on; export when it ends or is stopped.")
+        if run_name:
+            self._put_on_adapter_of(self.runs_dir / _safe_name(run_name))
         if not loaded.has_adapter:
             raise WorkspaceError("Nothing trained to export yet: train (or resume) a run first.")
         run_name = loaded.adapter_dir.parent.name if loaded.adapter_dir else "run"
         target = self.exports_dir / (_safe_name(name) or f"{run_name}-{fmt.replace('_', '-')}")
         with loaded.lock:  # not while a reply is written: the GGUF and merged exports read every weight
             return export_model(loaded, target, fmt, run_dir=loaded.adapter_dir)
+
+    def _put_on_adapter_of(self, run_dir: Path) -> None:
+        """Put a run's saved adapter on the loaded model (also what chat's fine-tuned pane then answers with)."""
+        from finetune.adapters import load_adapter
+
+        loaded = self.require_model()
+        adapter = run_dir / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise WorkspaceError(f"{run_dir.name} has no saved adapter: pick a run that finished or was stopped.")
+        trained_on = read_record(run_dir).get("model", {}).get("name")
+        if trained_on != loaded.info.name:
+            raise WorkspaceError(f"{run_dir.name} trained {trained_on}; load that model first, then export.")
+        if loaded.adapter_dir is not None and Path(loaded.adapter_dir).resolve() == adapter.resolve():
+            return  # already on
+        with loaded.lock:
+            load_adapter(loaded, adapter)
+        self.trained_template = read_record(run_dir).get("dataset", {}).get("template", "chat")
 
     def exports(self) -> list[str]:
         """The finished exports, newest first (a hidden .partial- folder is an export in progress or failed)."""

@@ -10,6 +10,7 @@ from hub_standin import HubStandin
 
 import app
 from finetune.export import FORMATS
+from finetune.workspace import WorkspaceError
 
 TOKEN = "hf_visitorWriteToken123456"
 TRAIN = ("chat", "", 128, 2, 2e-3, 2, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)
@@ -20,10 +21,10 @@ def trained(app_server):
     """The app with a 2-step run done: the adapter on the loaded model is what gets exported."""
     url, workspace = app_server
     client = Client(url, verbose=False)
-    nothing = client.predict("adapter", "", api_name="/export")[0]
+    nothing = client.predict(None, "adapter", "", api_name="/export")[0]
     assert nothing.startswith("⚠ No model loaded")
     client.predict("embedded", False, 128, "auto", api_name="/load_model")
-    assert client.predict("adapter", "", api_name="/export")[0].startswith("⚠ Nothing trained to export yet")
+    assert client.predict(None, "adapter", "", api_name="/export")[0].startswith("⚠ Nothing trained to export yet")
     choose_sample_dataset(client)
     assert client.predict(*TRAIN, "to-export", 0, False, api_name="/start_training")[0] == "Starting…"
     assert workspace.job.wait(300) and workspace.job.status == "done", workspace.job.error
@@ -36,19 +37,19 @@ def test_every_engine_format_is_offered():
 
 def test_the_adapter_exports_and_downloads_as_a_zip(trained):
     client, workspace = trained
-    status, download, choice = client.predict("adapter", "", api_name="/export")
+    status, download, choice = client.predict(None, "adapter", "", api_name="/export")
     assert status.startswith("✓ Exported to") and "adapter_config.json" in status and "README.md" in status
     folder = workspace.exports_dir / "to-export-adapter"
     assert folder.is_dir() and choice["value"] == "to-export-adapter"  # offered to push at once
     with zipfile.ZipFile(download) as archive:
         assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(archive.namelist())
-    again = client.predict("adapter", "", api_name="/export")[0]
+    again = client.predict(None, "adapter", "", api_name="/export")[0]
     assert again.startswith("⚠") and "already exists" in again
 
 
 def test_a_gguf_export_downloads_the_file_itself(trained):
     client, workspace = trained
-    status, download, _ = client.predict("gguf_q8_0", "clinic q8", api_name="/export")
+    status, download, _ = client.predict(None, "gguf_q8_0", "clinic q8", api_name="/export")
     assert status.startswith("✓") and "model-q8_0.gguf" in status
     on_disk = workspace.exports_dir / "clinic-q8" / "model-q8_0.gguf"
     assert Path(download).name == "model-q8_0.gguf" and Path(download).read_bytes() == on_disk.read_bytes()
@@ -57,7 +58,7 @@ def test_a_gguf_export_downloads_the_file_itself(trained):
 
 def test_push_sends_the_export_and_forgets_the_token(trained, monkeypatch):
     client, workspace = trained
-    client.predict("adapter", "to-push", api_name="/export")
+    client.predict(None, "adapter", "to-push", api_name="/export")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with HubStandin(tokens={TOKEN: "write"}) as hub:
@@ -77,9 +78,22 @@ def test_push_sends_the_export_and_forgets_the_token(trained, monkeypatch):
         assert missing.startswith("⚠ No Hugging Face token")
 
 
+def test_an_earlier_run_is_exported_after_the_model_was_loaded_again(trained):
+    client, workspace = trained
+    client.predict("embedded", False, 128, "auto", api_name="/load_model")  # a fresh model: no adapter on it
+    assert client.predict(None, "adapter", "none", api_name="/export")[0].startswith("⚠ Nothing trained")
+    runs, _ = client.predict(api_name="/exportable")
+    assert runs["value"] == "to-export"
+    status = client.predict("to-export", "adapter", "again", api_name="/export")[0]
+    assert status.startswith("✓ Exported to") and (workspace.exports_dir / "again" / "adapter_config.json").is_file()
+    assert workspace.loaded.has_adapter  # the run's adapter is on the model now: chat's fine-tuned pane too
+    with pytest.raises(WorkspaceError, match="no-such-run has no saved adapter"):
+        workspace.export("adapter", "x", "no-such-run")
+
+
 def test_push_offline_says_so(trained, monkeypatch):
     client, _ = trained
-    client.predict("adapter", "offline", api_name="/export")
+    client.predict(None, "adapter", "offline", api_name="/export")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     status = client.predict("offline", "standin-user/r1-medical", TOKEN, True, api_name="/push")[0]
     assert status.startswith("⚠ Cannot push: offline mode is on")

@@ -185,6 +185,21 @@ def test_evaluate_tab_shows_the_figures_and_each_question(page):
     shoot(page, "6-evaluate")
 
 
+def test_the_stopped_run_is_offered_to_resume_and_the_adapter_exports_as_gguf(page):
+    open_tab(page, "Train")
+    page.get_by_text("Resume a stopped or interrupted run").click()
+    page.wait_for_function("() => document.querySelector('#resume-run input')?.value.includes('stopped at step')")
+    open_tab(page, "Export")
+    page.get_by_label("GGUF q8_0 (llama.cpp, Ollama)").check()
+    page.locator("#export").click()
+    page.wait_for_selector("#export-status:has-text('Exported to'), #export-status:has-text('⚠')", timeout=180_000)
+    # the model was loaded again by an earlier test: the stopped run's adapter is put back on it
+    assert "model-q8_0.gguf" in page.inner_text("#export-status")
+    page.wait_for_selector("#export-file a[download='model-q8_0.gguf']")  # the download link
+    assert page.locator("#push-choice input").input_value().endswith("gguf-q8-0")  # ready to push
+    shoot(page, "7-export")
+
+
 def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, app_server, monkeypatch):
     """`python app.py --preload ...`: a visitor who arrives mid-load sees it happen, then the model."""
     import threading
@@ -196,9 +211,9 @@ def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, a
     url, workspace = app_server
     real_load = finetune.workspace.load_model
 
-    def slow_load(settings):
+    def slow_load(settings, **options):
         time.sleep(4)
-        return real_load(settings)
+        return real_load(settings, **options)
 
     monkeypatch.setattr(finetune.workspace, "load_model", slow_load)
     loading = threading.Thread(target=workspace.load, args=(ModelSettings(),))

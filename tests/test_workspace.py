@@ -61,7 +61,12 @@ def test_chat_prompts_the_way_the_adapter_was_trained(workspace):
 
 def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
     before = workspace.loaded
+    workspace.allow_local_paths = True  # as an operator who lets visitors name folders
     with pytest.raises(Exception, match="no such local folder"):
+        workspace.load(ModelSettings(name=str(tmp_path / "missing")))
+    assert workspace.loaded is before
+    workspace.allow_local_paths = False  # the default: a path is refused before anything is read
+    with pytest.raises(Exception, match="local folders are off in this app"):
         workspace.load(ModelSettings(name=str(tmp_path / "missing")))
     assert workspace.loaded is before
 
