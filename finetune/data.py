@@ -392,6 +392,11 @@ class LoadedRows:
     examples: list[Example]
 
 
+def write_rows(rows: list[dict], path: str | Path) -> None:
+    """Rows as JSON Lines, which `read_source` reads back (values JSON lacks, e.g. dates, as text)."""
+    Path(path).write_text("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
+
+
 def read_source(source: str, split: str = "train[0:500]", max_rows: int | None = None) -> RawRows:
     """Read a preset ('sample', 'medical-o1', ...) or a file into raw rows and their column names."""
     if source == "sample":

@@ -3,6 +3,7 @@
     runs/<name>/
       run.json           status (running, done, stopped, failed, incomplete), settings, data, metrics
       recipe.yaml        the recipe that ran: `python -m finetune train --config` repeats it
+      dataset.jsonl      (runs started in the app) the rows as read, which that recipe points to
       train_rows.jsonl   the tokenized rows trained on, so a resume needs no upload again
       metrics.jsonl      one line per step, appended as the run goes
       heldout.jsonl      rows held out for evaluation, if any

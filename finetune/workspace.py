@@ -19,13 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows
+from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
 from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model
 from finetune.recipe import Recipe
-from finetune.runs import RunSummary, list_runs, mark_abandoned_runs, read_record
+from finetune.runs import RunSummary, check_writable, list_runs, mark_abandoned_runs, read_record
 from inference.chat import stream_chat
 from inference.generate import GenerationSettings
 
@@ -108,6 +108,11 @@ class Workspace:
         output_dir = self.runs_dir / (_safe_name(run_name) or time.strftime("run-%Y%m%d-%H%M%S"))
         if (output_dir / "run.json").exists():
             raise WorkspaceError(f"A run named {output_dir.name} exists already: pick another name, or resume it.")
+        # The run keeps its own copy of the rows, so its recipe.yaml repeats it even after the upload is gone.
+        check_writable(output_dir)
+        copy = output_dir / "dataset.jsonl"
+        write_rows(rows.rows, copy)
+        data = replace(data, source=str(copy), columns=rows.mapping.as_dict())
         recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora, str(output_dir))
         self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
         self.trained_template = prepared.template

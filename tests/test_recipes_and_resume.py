@@ -192,3 +192,21 @@ def test_a_full_disk_during_training_fails_with_a_clear_message(tmp_path):
     record = read_record(run_dir)  # still readable, and says what happened
     assert record["status"] == "failed" and "the disk is full" in record["error"]
     assert not any(run_dir.glob("adapter"))
+
+
+def test_a_run_started_in_the_app_writes_a_recipe_that_repeats_it(tmp_path):
+    from finetune.config import ModelSettings
+    from finetune.data import load_examples
+    from finetune.workspace import Workspace
+
+    workspace = Workspace(tmp_path / "runs")
+    workspace.load(ModelSettings())
+    rows = map_columns(read_source("sample", max_rows=12))
+    job = workspace.start_training(rows, DataSettings(system_prompt="Be brief."), quick_train(1), quick_lora(),
+                                   "from-app")
+    assert job.wait(120) and job.status == "done", job.error
+    recipe = load_recipe(tmp_path / "runs" / "from-app" / "recipe.yaml", "cpu")
+    # The rows come from the run's own copy: the recipe works after an upload is gone.
+    assert load_examples(recipe.data.source, recipe.data.columns).examples == rows.examples
+    assert (recipe.train.max_steps, recipe.lora.r, recipe.data.system_prompt) == (1, 8, "Be brief.")
+    assert recipe.output == str(tmp_path / "runs" / "from-app") and recipe.model.name == "embedded"
