@@ -25,7 +25,7 @@ from finetune.backend import is_main_process
 from finetune.config import LoraSettings, TrainSettings
 from finetune.formats import PreparedDataset
 from finetune.job import TrainingBusy, TrainingJob
-from finetune.models import LoadedModel
+from finetune.models import LoadedModel, release_memory
 from finetune.recipe import Recipe, save_recipe
 from finetune.runs import (
     RunFolderError,
@@ -121,10 +121,7 @@ def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> No
                 update_record(output_dir, status="failed", error=error)
     finally:
         loaded.model.eval()
-        if loaded.device == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()  # hand back what a failed (e.g. out-of-memory) step held
+        release_memory(loaded.device)  # the trainer, its optimizer, a failed step's buffers
         # Last: whoever waits on the job (the CLI exits then) finds this thread done with torch.
         job.finish(status, result=result, error=error)
 

@@ -11,7 +11,6 @@ visitor sees the same ones. Each method is one thing a visitor does; each refusa
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
 from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
-from finetune.models import LoadedModel, ModelInfo, load_model
+from finetune.models import LoadedModel, ModelInfo, load_model, release_memory
 from finetune.recipe import Recipe
 from finetune.runs import RunSummary, check_writable, list_runs, mark_abandoned_runs, read_record
 from inference.chat import stream_chat
@@ -73,7 +72,7 @@ class Workspace:
             replaced = self.loaded is not None
             self.loaded, self.trained_template = loaded, None  # drops the last reference to the old model
             if replaced:
-                _release_memory(loaded.device)
+                release_memory(loaded.device)
             return loaded.info
         finally:
             self.loading = None
@@ -303,12 +302,3 @@ def _safe_name(name: str) -> str:
     """A run name fit for a folder: letters, digits, '-', '_' and '.' only, no path tricks."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip())
     return cleaned.strip(".-")[:64]
-
-
-def _release_memory(device: str) -> None:
-    """Collect a model nothing refers to any more, and hand its GPU memory back to the driver."""
-    gc.collect()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()

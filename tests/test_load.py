@@ -79,5 +79,6 @@ def test_twenty_visitors_and_a_training_run_round_after_round(app):
             assert "⚠" not in status
         memory.append(resident_mb(process.pid))
     print(f"resident memory of the app by round: {memory} MB")
-    # The first round warms caches (the trainer, the decoder); after that, a round must not leave memory behind.
-    assert memory[2] <= memory[1] * 1.05 + 50, f"resident memory by round: {memory} MB"
+    # The first round warms caches (the trainer, the decoder); after that, a round must not leave memory
+    # behind. Before runs released their memory at the end (gc, malloc_trim), each round kept ~150 MB more.
+    assert memory[2] - memory[1] < 100, f"resident memory by round: {memory} MB"
