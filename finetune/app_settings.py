@@ -17,7 +17,7 @@ Read from the environment (a Space's "Variables", `docker run -e`), then the com
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.models import PRESETS
@@ -39,7 +39,6 @@ class AppSettings:
     preload: str | None = None
     max_upload_mb: int = 50
     allow_local_paths: bool = False
-    extra_allowed: list[str] = field(default_factory=list)
 
     @property
     def exports_dir(self) -> Path:

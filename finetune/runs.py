@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,34 +168,34 @@ class RunSummary:
         return f"{self.name}: {self.status} at {where}{resume}"
 
 
+def _records(runs_dir: str | Path) -> Iterator[tuple[Path, dict]]:
+    """(run folder, its run.json) for every run under `runs_dir`; an unreadable run.json is passed over."""
+    for record_path in Path(runs_dir).glob("*/run.json"):
+        try:
+            yield record_path.parent, json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+
+
 def mark_abandoned_runs(runs_dir: str | Path) -> list[str]:
     """Mark "incomplete" every run still "running" whose process is gone; returns their names."""
     marked = []
-    for record_path in sorted(Path(runs_dir).glob("*/run.json")):
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+    for folder, record in sorted(_records(runs_dir)):
         if record.get("status") == "running" and not process_alive(record.get("owner", {})):
-            checkpoint = last_checkpoint(record_path.parent)
+            checkpoint = last_checkpoint(folder)
             record.update(status="incomplete", error=(
                 "The process ended during training"
                 + (f"; resume continues from step {checkpoint_step(checkpoint)}." if checkpoint
                    else " before the first checkpoint; start it again.")))
-            write_json_atomic(record_path, record)
-            marked.append(record_path.parent.name)
+            write_json_atomic(folder / "run.json", record)
+            marked.append(folder.name)
     return marked
 
 
 def list_runs(runs_dir: str | Path) -> list[RunSummary]:
     """Every run folder under `runs_dir`, newest first."""
     runs = []
-    for record_path in Path(runs_dir).glob("*/run.json"):
-        try:
-            record = json.loads(record_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        folder = record_path.parent
+    for folder, record in _records(runs_dir):
         metrics = record.get("metrics") or read_metrics(folder)
         checkpoint = last_checkpoint(folder)
         runs.append(RunSummary(folder.name, folder, record.get("status", "?"),

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from finetune.adapters import read_run_template
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
 from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
 from finetune.evaluate import EvalReport, EvalSettings
@@ -132,7 +133,7 @@ class Workspace:
         if not run_name or not (run_dir / "run.json").is_file():
             raise WorkspaceError("Pick a run to resume (one that was stopped or interrupted).")
         self.job = resume_training(loaded, run_dir)
-        self.trained_template = read_record(run_dir).get("dataset", {}).get("template", "chat")
+        self.trained_template = read_run_template(run_dir)
         return self.job
 
     def chat(
@@ -265,14 +266,15 @@ class Workspace:
         adapter = run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise WorkspaceError(f"{run_dir.name} has no saved adapter: pick a run that finished or was stopped.")
-        trained_on = read_record(run_dir).get("model", {}).get("name")
+        record = read_record(run_dir)
+        trained_on = record.get("model", {}).get("name")
         if trained_on != loaded.info.name:
             raise WorkspaceError(f"{run_dir.name} trained {trained_on}; load that model first, then export.")
         if loaded.adapter_dir is not None and Path(loaded.adapter_dir).resolve() == adapter.resolve():
             return  # already on
         with loaded.lock:
             load_adapter(loaded, adapter)
-        self.trained_template = read_record(run_dir).get("dataset", {}).get("template", "chat")
+        self.trained_template = record.get("dataset", {}).get("template", "chat")
 
     def exports(self) -> list[str]:
         """The finished exports, newest first (a hidden .partial- folder is an export in progress or failed)."""

@@ -134,3 +134,9 @@ def choose_sample_dataset(client, max_length: int = 128) -> None:
     *pickers, _ = client.predict("sample", None, "train[0:500]", api_name="/read_dataset")
     columns = [picker["value"] if isinstance(picker, dict) else picker for picker in pickers]
     client.predict(*columns, "chat", "", max_length, 1, api_name="/preview_dataset")
+
+
+def message_text(message: dict) -> str:
+    """A chat message's text: Gradio 6 sends content as a list of typed parts."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)

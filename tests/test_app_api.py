@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from conftest import message_text as text
 from gradio_client import Client, handle_file
 
 from inference.chat import NO_ADAPTER, STOPPED
@@ -21,12 +22,6 @@ TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "
 @pytest.fixture(scope="module")
 def url(app_server):
     return app_server[0]
-
-
-def text(message: dict) -> str:
-    """A message's text: Gradio 6 sends content as a list of typed parts."""
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
 def visitor(url) -> Client:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import choose_sample_dataset, start_app
+from conftest import message_text as text
 from gradio_client import Client
 
 VISITORS = 20
@@ -14,11 +15,6 @@ QUESTIONS = [f"Patient {n}: a {20 + n}-year-old with fever and cough for {n + 1}
              for n in range(VISITORS)]
 # /start_training inputs (see test_app_api.TRAIN_SETTINGS): long enough to still run while visitors chat
 TRAIN = ("chat", "", 128, 400, 2e-3, 2, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)
-
-
-def text(message: dict) -> str:
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
 
 
 def ask(url: str, question: str) -> tuple[str, list[dict], str, str]:
