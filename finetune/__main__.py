@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction, default=True,
                        help="with --holdout: generate answers too (format, accuracy), not only the loss")
     train.add_argument("--eval-max-new-tokens", type=int, default=512)
+    for name in ("train", "preview"):
+        # Unset unless written on the command line: a flag given wins over the recipe, even where it says
+        # what the default says (--holdout 0 over a recipe's holdout_rows: 8); one left out keeps the recipe's.
+        commands.choices[name].set_defaults(**dict.fromkeys(FLAG_SETTINGS))
     commands.choices["preview"].add_argument("--rows", type=int, default=2)
     push = commands.add_parser("push", help="upload an export folder to the Hub; the token comes from HF_TOKEN")
     push.add_argument("folder", help="an export folder (adapter, merged model or GGUF, with its model card)")
@@ -113,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each train/preview flag and the settings it sets. A flag given on the command line wins over the
-# recipe (--config); one left at its default keeps the recipe's value, or the device's default.
+# recipe (--config); one left out keeps the recipe's value, or the device's default.
 FLAG_SETTINGS = {
     "model": [("model", "name")],
     "load_in_4bit": [("model", "load_in_4bit")],
@@ -157,11 +161,10 @@ def _settings(args):
 
     device = default_device()
     recipe = load_recipe(args.config, device) if args.config else default_recipe(device)
-    defaults = vars(build_parser().parse_args([args.command]))
     changes: dict[str, dict] = {}
     for flag, targets in FLAG_SETTINGS.items():
         value = getattr(args, flag, None)
-        if flag not in defaults or value == defaults[flag]:
+        if value is None:  # not on the command line
             continue
         if flag == "max_steps" and value == 0:
             value = None  # 0: train --epochs instead

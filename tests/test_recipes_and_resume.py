@@ -210,3 +210,13 @@ def test_a_run_started_in_the_app_writes_a_recipe_that_repeats_it(tmp_path):
     assert load_examples(recipe.data.source, recipe.data.columns).examples == rows.examples
     assert (recipe.train.max_steps, recipe.lora.r, recipe.data.system_prompt) == (1, 8, "Be brief.")
     assert recipe.output == str(tmp_path / "runs" / "from-app") and recipe.model.name == "embedded"
+
+
+def test_a_flag_given_wins_even_when_it_says_the_default():
+    from finetune.__main__ import _settings, build_parser
+
+    demo = str(ROOT / "recipes" / "embedded-cpu-demo.yaml")  # holdout_rows: 8
+    args = build_parser().parse_args(["train", "--config", demo, "--holdout", "0", "--output", "x"])
+    assert _settings(args).data.holdout_rows == 0
+    kept = _settings(build_parser().parse_args(["train", "--config", demo, "--lora-r", "4"]))
+    assert kept.data.holdout_rows == 8 and kept.lora.r == 4 and kept.output == "runs/embedded-cpu-demo"
