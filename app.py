@@ -174,6 +174,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 sampling = gr.Dropdown([("similar lengths together", "group_by_length"), ("random", "random")],
                                        value=train.sampling, label="Batches")
                 checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
+                fp8 = gr.Checkbox(train.fp8_matmuls, label="FP8 base matmuls (Ada/Hopper GPU, 8B-class model; "
+                                  "16-bit elsewhere)", elem_id="fp8-matmuls")
                 seed = gr.Number(train.seed, precision=0, label="Seed")
                 run_name = gr.Textbox("", label="Run name (a folder in the app's output folder)",
                                       placeholder="automatic")
@@ -355,13 +357,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         # Training
 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
-                  optim, batches, checkpoint, train_seed, name, held_out, answers):
+                  optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls=False):
             try:
                 train_settings = TrainSettings(
                     micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),
                     max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
                     max_length=int(length or model_max_length), seed=int(train_seed or 0), sampling=batches,
-                    eval_generate=bool(answers),
+                    eval_generate=bool(answers), fp8_matmuls=bool(fp8_matmuls),
                 )
                 lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
                                              gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
@@ -506,7 +508,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             start,
             [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
              lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, sampling, checkpointing, seed, run_name,
-             holdout, eval_answers],
+             holdout, eval_answers, fp8],
             [train_status, timer],
             api_name="start_training",
         )

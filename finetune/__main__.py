@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampling", choices=("random", "group_by_length"), default=None,
                        help="batch order; default group_by_length (similar lengths together)")
     train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                       help="FP8 matmuls for the 4-bit base weights (Ada/Hopper GPU, 8B-class model; default on)")
     train.add_argument("--seed", type=int, default=3407)
     train.add_argument("--lora-r", type=int, default=16)
     train.add_argument("--lora-alpha", type=int, default=16)
@@ -141,6 +143,7 @@ FLAG_SETTINGS = {
     "weight_decay": [("train", "weight_decay")],
     "sampling": [("train", "sampling")],
     "precision": [("train", "precision")],
+    "fp8": [("train", "fp8_matmuls")],
     "seed": [("train", "seed"), ("lora", "seed")],
     "eval_generate": [("train", "eval_generate")],
     "eval_max_new_tokens": [("train", "eval_max_new_tokens")],
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "preview":
         return run_preview(loaded, prepared, args.rows)
-    from finetune.train import start_training
+    from finetune.train import fp8_applies, start_training
 
     # What was loaded and what will be trained, for the person at the terminal (stdout stays JSON).
     print(f"model: {loaded.info.summary()}", file=sys.stderr)
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"recipe: micro-batch {train.micro_batch_size} x grad-accum {train.grad_accum_steps}, {train.sampling} "
         f"batches, {train.optimizer}, lr {train.learning_rate:g}, LoRA r{lora.r}, "
-        f"checkpointing {'on' if lora.gradient_checkpointing else 'off'}, backend {loaded.info.backend}",
+        f"checkpointing {'on' if lora.gradient_checkpointing else 'off'}, "
+        f"FP8 base matmuls {'on' if fp8_applies(loaded, train) else 'off'}, backend {loaded.info.backend}",
         file=sys.stderr,
     )
     return _follow(lambda: start_training(loaded, prepared, train, lora, recipe.output, recipe))

@@ -82,6 +82,10 @@ class TrainSettings:
     eval_max_new_tokens: int = 512
     save_steps: int | None = None
     """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None: ten a run."""
+    fp8_matmuls: bool = False
+    """FP8 for the frozen 4-bit base weights' forward matmuls, where it pays: Unsloth, an Ada/Hopper GPU,
+    a model 4096 wide or more (8B class); elsewhere a no-op. The adapter, its gradients and the loss stay
+    16-bit (see fp8_matmul.py)."""
 
     def __post_init__(self) -> None:
         if self.sampling not in ("random", "group_by_length"):
@@ -119,9 +123,10 @@ class TrainSettings:
     @classmethod
     def fast(cls, **overrides) -> TrainSettings:
         """The seeds' recipe at the same effective batch (8), in one micro-batch of similar lengths:
-        the same updates, fewer and fuller kernel launches, less padding (see docs/benchmarks.md)."""
+        the same updates, fewer and fuller kernel launches, less padding; the base weights' matmuls
+        in FP8 where the GPU has it (see docs/benchmarks.md)."""
         return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "group_by_length",
-                      "eval_max_new_tokens": 2048, **overrides})  # R1 models reason for long
+                      "fp8_matmuls": True, "eval_max_new_tokens": 2048, **overrides})  # R1 models reason for long
 
 
 def lora_for_device(device: str) -> LoraSettings:

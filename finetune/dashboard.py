@@ -73,7 +73,8 @@ def progress_line(job: TrainingJob | None) -> str:
         losses = f" · loss {result['loss_first']:.3f} → {result['loss_last']:.3f}"
     runtime = _duration(result.get("runtime_s", 0))
     evaluated = f" · {eval_line(result['eval'])}" if result.get("eval") else ""
-    return f"{verb} at {where}{losses} · {runtime} · adapter saved to {result.get('adapter')}{evaluated}"
+    fp8 = " · FP8 base matmuls" if result.get("fp8_matmuls") else ""
+    return f"{verb} at {where}{losses} · {runtime}{fp8} · adapter saved to {result.get('adapter')}{evaluated}"
 
 
 def log_lines(job: TrainingJob | None, last: int = 12) -> str:

@@ -24,6 +24,7 @@ from finetune.adapters import attach_fresh_adapter, restore_4bit_training_layout
 from finetune.backend import is_main_process
 from finetune.config import LoraSettings, TrainSettings
 from finetune.formats import PreparedDataset
+from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, release_memory
 from finetune.recipe import Recipe, save_recipe
@@ -149,15 +150,25 @@ def run_training(
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; our job records them
     trainer.add_callback(JobCallback(job, trainer, output_dir))
+    fp8 = fp8_applies(loaded, train)
     # A resume loads the checkpoint's adapter, optimizer, schedule and data position, then goes on.
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with fp8_base_matmuls(model) if fp8 else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.eval()
     if loaded.info.backend == "unsloth":
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
     status = "stopped" if job.stop_requested.is_set() else "done"
-    return save_run(loaded, data, train, lora, output_dir, job, status)
+    # Whether the FP8 path really ran: a model Unsloth did not patch never reaches it.
+    return save_run(loaded, data, train, lora, output_dir, job, status, fp8_matmuls=fp8 and fp8_calls() > 0)
+
+
+def fp8_applies(loaded: LoadedModel, train: TrainSettings) -> bool:
+    """FP8 base matmuls were asked for, and this model and GPU gain from them (else 16-bit, silently:
+    it is the fast recipe's default, not a user's demand; run.json says which ran)."""
+    return (train.fp8_matmuls and loaded.info.backend == "unsloth" and loaded.info.quantization.startswith("4-bit NF4")
+            and fp8_worthwhile(loaded.model) and fp8_supported())
 
 
 def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSettings, output_dir: Path,
@@ -314,7 +325,8 @@ class JobCallback(TrainerCallback):
         self.last_time, self.last_tokens = now, tokens
 
 
-def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str) -> dict:
+def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str,
+             fp8_matmuls: bool = False) -> dict:
     """Write the adapter and the tokenizer, and finish run.json (status, metrics) in the run folder."""
     adapter_dir = output_dir / "adapter"
     if is_main_process():
@@ -329,6 +341,7 @@ def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, stat
         "loss_last": losses[-1] if losses else None,
         "adapter": str(adapter_dir),
         "runtime_s": round(time.time() - job.started_at, 1),
+        "fp8_matmuls": fp8_matmuls,
     }
     if is_main_process():
         update_record(output_dir, **result, error=None, metrics=job.metrics)

@@ -127,3 +127,99 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     print(json.dumps(report))
     if os.environ.get("GPU_REPORT_DIR"):
         Path(os.environ["GPU_REPORT_DIR"], f"gpu_{backend}.json").write_text(json.dumps(report, indent=2))
+
+
+def _fp8_capable() -> None:
+    from finetune.backend import unsloth_available
+    from finetune.fp8_matmul import fp8_supported
+
+    if not fp8_supported():
+        pytest.skip("FP8 products need an Ada or Hopper GPU")
+    if not unsloth_available():
+        pytest.skip("the FP8 path stands in for Unsloth's kernels: run it where Unsloth imports")
+
+
+def _wide_nf4_layer(out_features: int, in_features: int, nested: bool):
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.bfloat16,
+                              compress_statistics=nested, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(torch.randn(out_features, in_features) * 0.02, requires_grad=False,
+                                     compress_statistics=nested, quant_type="nf4")
+    layer = layer.cuda()
+    layer.weight.quant_state.dtype = torch.bfloat16
+    return layer
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_nf4_weights_become_the_fp8_values_bitsandbytes_would_give(nested):
+    """Our Triton kernel against bitsandbytes' own dequantization, then the same FP8 rounding."""
+    _fp8_capable()
+    import bitsandbytes.functional as F
+
+    from finetune.fp8_matmul import nf4_to_fp8, prepare_row_scales
+
+    layer = _wide_nf4_layer(1536, 8960, nested)
+    prepare_row_scales(layer)
+    quant_state = layer.weight.quant_state
+    scale = quant_state.fp8_row_scale.view(-1, 1)
+    expected = (F.dequantize_4bit(layer.weight, quant_state).float() / scale).to(torch.float8_e4m3fn)
+    assert torch.equal(nf4_to_fp8(layer.weight, quant_state).view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_the_fp8_stand_in_matches_unsloths_matmul_eager_and_compiled():
+    _fp8_capable()
+    from unsloth.kernels import fast_lora
+
+    from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls
+
+    layer = _wide_nf4_layer(4096, 4096, nested=True)
+    weight, quant_state = layer.weight, layer.weight.quant_state
+    lora_a = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16) * 0.01
+    lora_b = torch.randn(4096, 16, device="cuda", dtype=torch.bfloat16) * 0.01
+    x = torch.randn(2, 700, 4096, device="cuda", dtype=torch.bfloat16)
+    original = fast_lora.matmul_lora
+
+    def multiply(inputs):
+        return fast_lora.matmul_lora(inputs, weight, quant_state, lora_a, lora_b, 2.0)
+
+    expected = multiply(x).float()
+    with fp8_base_matmuls(layer):
+        eager = multiply(x).float()
+        compiled = torch.compile(multiply, fullgraph=True)(x.clone()).float()  # no graph break around it
+        one_row = multiply(x[:, :1].contiguous())  # decoding: left to Unsloth
+        assert fp8_calls() == 2
+    for result in (eager, compiled):
+        assert (result - expected).norm() / expected.norm() < 0.06  # FP8 rounds to 3 mantissa bits
+    torch.testing.assert_close(one_row, original(x[:, :1].contiguous(), weight, quant_state, lora_a, lora_b, 2.0))
+    assert fast_lora.matmul_lora is original and not hasattr(quant_state, "fp8_row_scale")
+
+
+def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
+    """A 4096-wide, two-layer Llama: the width at which FP8 pays (Llama-8B's)."""
+    _fp8_capable()
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
+    from finetune.formats import prepare_dataset
+    from finetune.models import load_model
+    from finetune.train import start_training
+
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("GPU_TOKENIZER_DIR", ROOT / ".gpu-carry" / "tokenizer"))
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=2, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=len(tokenizer), max_position_embeddings=4096)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "wide")
+    tokenizer.chat_template = R1_TEMPLATE.read_text()
+    tokenizer.save_pretrained(tmp_path / "wide")
+    loaded = load_model(ModelSettings(str(tmp_path / "wide"), load_in_4bit=True, max_length=1024, backend="unsloth"))
+    data = prepare_dataset(DataSettings(max_rows=64), loaded.tokenizer, max_length=1024)
+    losses = {}
+    for fp8 in (False, True):
+        job = start_training(loaded, data, TrainSettings.fast(max_steps=4, max_length=1024, fp8_matmuls=fp8),
+                             LoraSettings(), tmp_path / f"run-{fp8}")
+        assert job.wait(timeout=600) and job.status == "done", job.error
+        assert job.result["fp8_matmuls"] is fp8
+        losses[fp8] = job.metrics[0]["loss"]  # the same model and rows: the first losses compare
+    assert abs(losses[True] - losses[False]) < 0.02 * losses[False]

@@ -68,6 +68,7 @@ def test_run_folder_holds_adapter_tokenizer_and_record(trained_run):
     assert record["status"] == "done" and record["steps"] == 10 and len(record["metrics"]) == 10
     assert record["lora"]["r"] == 8 and record["dataset"]["template"] == "chat"
     assert job.result["adapter"] == str(output / "adapter")
+    assert record["fp8_matmuls"] is False  # which path multiplied is on record: 16 bits on a CPU
 
 
 def test_base_is_the_same_model_with_the_adapter_off(trained_run):

@@ -1,0 +1,85 @@
+"""FP8 base matmuls: the parts that run anywhere. The Triton kernels and the FP8 products
+themselves are checked against bitsandbytes and Unsloth on a GPU (tests/test_gpu.py)."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from finetune import fp8_matmul
+from finetune.config import TrainSettings
+from finetune.fp8_matmul import FP8_MAX, fp8_worthwhile, prepare_row_scales
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nf4_layer(out_features: int, in_features: int, nested: bool):
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compress_statistics=nested, quant_type="nf4")
+    weight = torch.randn(out_features, in_features) * torch.linspace(0.01, 1.0, out_features)[:, None]
+    layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=nested, quant_type="nf4")
+    layer.weight = layer.weight._quantize("cpu")
+    return layer
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["double-quantized", "plain-absmax"])
+def test_row_scales_put_each_rows_largest_weight_at_fp8s_largest_value(nested):
+    """The FP8 weight is the NF4 weight scaled per row: a wrong scale clips or wastes FP8's range."""
+    import bitsandbytes.functional as F
+
+    layer = nf4_layer(48, 256, nested)
+    quant_state = layer.weight.quant_state
+    dequantized = F.dequantize_4bit(layer.weight, quant_state).float()
+    assert prepare_row_scales(layer) == [quant_state]
+    torch.testing.assert_close(quant_state.fp8_row_scale * FP8_MAX, dequantized.abs().amax(dim=1))
+    assert quant_state.fp8_offset == (float(quant_state.offset) if nested else 0.0)
+    assert prepare_row_scales(layer) == []  # prepared once a run
+
+
+def test_an_input_shared_by_q_k_and_v_is_quantized_once_and_let_go_with_it(monkeypatch):
+    quantized = []
+    monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda x: quantized.append(x.clone()) or (x * 2, x.sum()))
+    shared = fp8_matmul._SharedInput()
+    x = torch.ones(4, 8)
+    first = shared.quantized(x)
+    assert shared.quantized(x) is first and len(quantized) == 1
+    x.add_(1)  # changed in place: the old FP8 copy no longer describes it
+    assert shared.quantized(x) is not first and len(quantized) == 2
+    other = torch.ones(4, 8)
+    assert torch.equal(shared.quantized(other)[0], torch.full((4, 8), 2.0)) and len(quantized) == 3
+    del x, first, other
+    gc.collect()
+    assert shared.result is None  # freed with its input, not kept into the next layer
+
+
+def test_fp8_is_the_fast_recipes_default_and_only_where_it_pays():
+    assert TrainSettings.fast().fp8_matmuls and not TrainSettings().fp8_matmuls
+    assert not TrainSettings.for_device("cpu").fp8_matmuls
+    assert fp8_worthwhile(SimpleNamespace(config=SimpleNamespace(hidden_size=4096)))  # Llama-8B
+    assert not fp8_worthwhile(SimpleNamespace(config=SimpleNamespace(hidden_size=1536)))  # Qwen-1.5B
+    assert not fp8_matmul.fp8_supported() or torch.cuda.get_device_capability() >= (8, 9)
+
+
+def test_a_request_for_fp8_is_a_no_op_where_it_cannot_run(loaded):
+    from finetune.train import fp8_applies
+
+    assert not fp8_applies(loaded, TrainSettings(fp8_matmuls=True))  # CPU, not 4-bit, 576 wide
+
+
+def test_fp8_is_set_from_the_command_line_and_recipes():
+    from finetune.__main__ import _settings, build_parser
+    from finetune.recipe import load_recipe
+
+    parse = build_parser().parse_args
+    seeds = str(ROOT / "recipes" / "seeds-r1-llama-8b-medical-o1.yaml")
+    assert not load_recipe(seeds, "cuda").train.fp8_matmuls  # the seeds' notebook multiplies in 16 bits
+    assert _settings(parse(["train", "--config", seeds, "--fp8"])).train.fp8_matmuls
+    fast = str(ROOT / "recipes" / "fast-r1-qwen-1.5b-medical-o1.yaml")
+    assert load_recipe(fast, "cuda").train.fp8_matmuls
+    assert not _settings(parse(["train", "--config", fast, "--no-fp8"])).train.fp8_matmuls
