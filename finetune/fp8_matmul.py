@@ -58,9 +58,6 @@ def fp8_base_matmuls(model: torch.nn.Module) -> Iterator[None]:
     from unsloth.kernels import fast_lora
 
     original = fast_lora.matmul_lora
-    if getattr(original, "is_fp8_stand_in", False):  # nested: the outer block already stands in
-        yield
-        return
     prepared = prepare_row_scales(model)
     fast_lora.matmul_lora = _make_stand_in(original)
     _COUNTER["calls"] = 0
@@ -115,23 +112,25 @@ def _make_stand_in(original):
             return original(X, W, W_quant, A, B, s, out=out, use_global_buffer=use_global_buffer)
         shape = X.shape
         X = X.reshape(-1, shape[-1])
-        result = nf4_fp8_linear(X, W, *_nf4_tensors(W_quant), W_quant.fp8_offset, W_quant.blocksize,
-                                W_quant.state2.blocksize if W_quant.nested else 1, W_quant.nested)
+        result = nf4_fp8_linear(X, W, *_nf4_arguments(W_quant))
         if A is not None:  # the LoRA branch, in 16 bits as Unsloth computes it
             result = torch.addmm(result, X @ A.t().to(X.dtype), B.t().to(X.dtype), alpha=s)
         return result.view(*shape[:-1], -1)
 
-    matmul_lora.is_fp8_stand_in = True
     return matmul_lora
 
 
-def _nf4_tensors(quant_state) -> tuple[torch.Tensor, ...]:
-    """absmax, NF4 code, then the double quantization's code and absmax (the row scales stand in
-    for them when there is none: the kernel does not read them then)."""
+def _nf4_arguments(quant_state) -> tuple:
+    """What the NF4-to-FP8 kernel reads of a prepared weight: absmax, NF4 code, the double
+    quantization's code and absmax (the row scales stand in for them where there is none: the
+    kernel does not read them then), the row scales, offset, block sizes, nested."""
     row_scale = quant_state.fp8_row_scale
     if quant_state.nested:
-        return quant_state.absmax, quant_state.code, quant_state.state2.code, quant_state.state2.absmax, row_scale
-    return quant_state.absmax, quant_state.code, row_scale, row_scale, row_scale
+        inner = quant_state.state2
+        return (quant_state.absmax, quant_state.code, inner.code, inner.absmax, row_scale, quant_state.fp8_offset,
+                quant_state.blocksize, inner.blocksize, True)
+    return (quant_state.absmax, quant_state.code, row_scale, row_scale, row_scale, 0.0, quant_state.blocksize, 1,
+            False)
 
 
 def _fp8_applies(X: torch.Tensor, W: torch.Tensor, W_quant) -> bool:
@@ -213,9 +212,7 @@ def nf4_to_fp8(W: torch.Tensor, quant_state) -> torch.Tensor:
     from finetune import fp8_kernels
 
     values = torch.empty(quant_state.shape, dtype=FP8, device=W.device)
-    blocksize2 = quant_state.state2.blocksize if quant_state.nested else 1
-    fp8_kernels.nf4_to_fp8(W, *_nf4_tensors(quant_state), quant_state.fp8_offset, quant_state.blocksize, blocksize2,
-                           quant_state.nested, values)
+    fp8_kernels.nf4_to_fp8(W, *_nf4_arguments(quant_state), values)
     return values
 
 
