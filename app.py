@@ -174,8 +174,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 sampling = gr.Dropdown([("similar lengths together", "group_by_length"), ("random", "random")],
                                        value=train.sampling, label="Batches")
                 checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
-                fp8 = gr.Checkbox(train.fp8_matmuls, label="FP8 base matmuls (Ada/Hopper GPU, 8B-class model; "
-                                  "16-bit elsewhere)", elem_id="fp8-matmuls")
+                fp8 = gr.Checkbox(train.fp8_matmuls, label="FP8 base matmuls",
+                                  info="Ada/Hopper GPU, 8B-class model; 16-bit elsewhere", elem_id="fp8-matmuls")
                 seed = gr.Number(train.seed, precision=0, label="Seed")
                 run_name = gr.Textbox("", label="Run name (a folder in the app's output folder)",
                                       placeholder="automatic")
