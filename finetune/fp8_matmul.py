@@ -111,10 +111,11 @@ def _make_stand_in(original):
         if out is not None or not _fp8_applies(X, W, W_quant):
             return original(X, W, W_quant, A, B, s, out=out, use_global_buffer=use_global_buffer)
         shape = X.shape
-        X = X.reshape(-1, shape[-1])
-        result = nf4_fp8_linear(X, W, *_nf4_arguments(W_quant))
-        if A is not None:  # the LoRA branch, in 16 bits as Unsloth computes it
-            result = torch.addmm(result, X @ A.t().to(X.dtype), B.t().to(X.dtype), alpha=s)
+        x_fp8, x_scale = _SHARED_INPUT.quantized(X)  # Unsloth passes q, k and v the same X object
+        result = nf4_fp8_linear(x_fp8, x_scale, W, *_nf4_arguments(W_quant))
+        if A is not None:  # the LoRA branch, in 16 bits and in place, as Unsloth computes it
+            X = X.reshape(-1, shape[-1])
+            result.addmm_(X @ A.t().to(X.dtype), B.t().to(X.dtype), alpha=s)
         return result.view(*shape[:-1], -1)
 
     return matmul_lora
@@ -150,31 +151,54 @@ def _fp8_applies(X: torch.Tensor, W: torch.Tensor, W_quant) -> bool:
 
 
 @torch.library.custom_op("finetune::nf4_fp8_linear", mutates_args=())
-def nf4_fp8_linear(x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
-                   code2: torch.Tensor, absmax2: torch.Tensor, row_scale: torch.Tensor, offset: float,
-                   blocksize: int, blocksize2: int, nested: bool) -> torch.Tensor:
-    """x @ W.t() for an NF4 weight W, both sides in FP8. A custom op, so that Unsloth's compiled
-    decoder layers call it whole instead of tracing (and breaking) around the Triton kernels."""
+def nf4_fp8_linear(x_fp8: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor,
+                   code: torch.Tensor, code2: torch.Tensor, absmax2: torch.Tensor, row_scale: torch.Tensor,
+                   offset: float, blocksize: int, blocksize2: int, nested: bool) -> torch.Tensor:
+    """x @ W.t() in bf16 for an FP8 input and an NF4 weight W. A custom op, so that a compiled
+    decoder layer calls it whole instead of tracing (and breaking) around the Triton kernel."""
     from finetune import fp8_kernels
 
     _COUNTER["calls"] += 1
-    x_fp8, x_scale = _SHARED_INPUT.quantized(x)
-    w_fp8 = torch.empty((row_scale.shape[0], x.shape[1]), dtype=FP8, device=x.device)
+    w_fp8 = torch.empty((row_scale.shape[0], x_fp8.shape[1]), dtype=FP8, device=x_fp8.device)
     fp8_kernels.nf4_to_fp8(packed, absmax, code, code2, absmax2, row_scale, offset, blocksize, blocksize2,
                            nested, w_fp8)
-    return torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=x_scale, scale_b=row_scale.view(1, -1), out_dtype=x.dtype)
+    return torch._scaled_mm(x_fp8, w_fp8.t(), scale_a=x_scale, scale_b=row_scale.view(1, -1),
+                            out_dtype=torch.bfloat16)
 
 
 @nf4_fp8_linear.register_fake
-def _(x, packed, absmax, code, code2, absmax2, row_scale, offset, blocksize, blocksize2, nested):
-    return x.new_empty((x.shape[0], row_scale.shape[0]))
+def _(x_fp8, x_scale, packed, absmax, code, code2, absmax2, row_scale, offset, blocksize, blocksize2, nested):
+    return x_fp8.new_empty((x_fp8.shape[0], row_scale.shape[0]), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("finetune::fp8_quantize_rows", mutates_args=())
+def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (rows, cols) in 16 bits -> (FP8 values, float32 scale per row), x ≈ values * scale."""
+    from finetune import fp8_kernels
+
+    x = x.contiguous()
+    values = torch.empty(x.shape, dtype=FP8, device=x.device)
+    scales = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
+    fp8_kernels.quantize_rows(x, values, scales, FP8_MAX)
+    return values, scales
+
+
+@fp8_quantize_rows.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=FP8), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any 16-bit x (..., cols) as FP8 rows (rows, cols) and their float32 scales (rows, 1)."""
+    return fp8_quantize_rows(x.reshape(-1, x.shape[-1]))
 
 
 class _SharedInput:
     """q, k and v (and gate and up) multiply the same input: quantize it once, not three times.
 
     Holds the input weakly: once it is freed, its quantized copy goes too (no memory kept past the
-    layer), and a new tensor that reuses its memory cannot be mistaken for it."""
+    layer), and a new tensor that reuses its memory cannot be mistaken for it. Keyed on the tensor
+    Unsloth passes, not on a reshaped view of it: a view is a new object at every call."""
 
     def __init__(self) -> None:
         self.source: weakref.ref | None = None
@@ -182,6 +206,8 @@ class _SharedInput:
         self.result: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def quantized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():  # a compiled graph cannot hold Python references
+            return quantize_rows(x)
         if self.source is not None and self.source() is x and self.version == x._version and self.result:
             return self.result
         self.source, self.version = weakref.ref(x, self._forget), x._version
@@ -194,17 +220,6 @@ class _SharedInput:
 
 
 _SHARED_INPUT = _SharedInput()
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (rows, cols) in 16 bits -> (FP8 values, float32 scale per row), x ≈ values * scale."""
-    from finetune import fp8_kernels
-
-    x = x.contiguous()
-    values = torch.empty(x.shape, dtype=FP8, device=x.device)
-    scales = torch.empty((x.shape[0], 1), dtype=torch.float32, device=x.device)
-    fp8_kernels.quantize_rows(x, values, scales, FP8_MAX)
-    return values, scales
 
 
 def nf4_to_fp8(W: torch.Tensor, quant_state) -> torch.Tensor:

@@ -42,20 +42,34 @@ def test_row_scales_put_each_rows_largest_weight_at_fp8s_largest_value(nested):
     assert prepare_row_scales(layer) == []  # prepared once a run
 
 
-def test_an_input_shared_by_q_k_and_v_is_quantized_once_and_let_go_with_it(monkeypatch):
-    quantized = []
-    monkeypatch.setattr(fp8_matmul, "quantize_rows", lambda x: quantized.append(x.clone()) or (x * 2, x.sum()))
-    shared = fp8_matmul._SharedInput()
-    x = torch.ones(4, 8)
-    first = shared.quantized(x)
-    assert shared.quantized(x) is first and len(quantized) == 1
+def test_q_k_and_v_quantize_their_shared_input_once_and_let_go_of_it(monkeypatch):
+    """Unsloth hands q, k and v the same X: one FP8 copy serves the three products (each with its
+    LoRA branch added), a changed X is quantized again, and the copy is freed with X."""
+    quantizations = []
+
+    def quantize_rows(x):
+        quantizations.append(x.shape)
+        return x.reshape(-1, x.shape[-1]) * 1.0, None
+
+    monkeypatch.setattr(fp8_matmul, "_SHARED_INPUT", fp8_matmul._SharedInput())
+    monkeypatch.setattr(fp8_matmul, "quantize_rows", quantize_rows)
+    monkeypatch.setattr(fp8_matmul, "_fp8_applies", lambda X, W, W_quant: True)
+    monkeypatch.setattr(fp8_matmul, "_nf4_arguments", lambda W_quant: ())
+    monkeypatch.setattr(fp8_matmul, "nf4_fp8_linear", lambda x_fp8, x_scale, W: x_fp8 @ W.t())
+    stand_in = fp8_matmul._make_stand_in(original=None)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    lora_a, lora_b = torch.randn(3, 8), torch.randn(4, 3)
+    for weight in [torch.randn(4, 8) for _ in range(3)]:
+        torch.testing.assert_close(stand_in(x, weight, None, lora_a, lora_b, 0.5),
+                                   x @ weight.t() + 0.5 * (x @ lora_a.t()) @ lora_b.t())
+    assert quantizations == [(2, 5, 8)]
     x.add_(1)  # changed in place: the old FP8 copy no longer describes it
-    assert shared.quantized(x) is not first and len(quantized) == 2
-    other = torch.ones(4, 8)
-    assert torch.equal(shared.quantized(other)[0], torch.full((4, 8), 2.0)) and len(quantized) == 3
-    del x, first, other
+    stand_in(x, weight, None, None, None, 0.5)
+    assert len(quantizations) == 2
+    del x
     gc.collect()
-    assert shared.result is None  # freed with its input, not kept into the next layer
+    assert fp8_matmul._SHARED_INPUT.result is None  # freed with its input, not kept into the next layer
 
 
 def test_fp8_is_the_fast_recipes_default_and_only_where_it_pays():

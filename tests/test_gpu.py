@@ -10,6 +10,7 @@ Figures (s/step, tokens/s, peak memory, time to first token) go to $GPU_REPORT_D
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -154,7 +155,9 @@ def _wide_nf4_layer(out_features: int, in_features: int, nested: bool):
 
 @pytest.mark.parametrize("nested", [True, False])
 def test_nf4_weights_become_the_fp8_values_bitsandbytes_would_give(nested):
-    """Our Triton kernel against bitsandbytes' own dequantization, then the same FP8 rounding."""
+    """Our Triton kernel against bitsandbytes' own dequantization (float32), then FP8 rounding. The
+    kernel scales a block's absmax before multiplying by the NF4 code, bitsandbytes after: the two
+    roundings may land one FP8 step apart, rarely; a wrong nibble order, block or scale would not."""
     _fp8_capable()
     import bitsandbytes.functional as F
 
@@ -163,9 +166,13 @@ def test_nf4_weights_become_the_fp8_values_bitsandbytes_would_give(nested):
     layer = _wide_nf4_layer(1536, 8960, nested)
     prepare_row_scales(layer)
     quant_state = layer.weight.quant_state
+    in_float32 = copy.copy(quant_state)
+    in_float32.dtype = torch.float32
     scale = quant_state.fp8_row_scale.view(-1, 1)
-    expected = (F.dequantize_4bit(layer.weight, quant_state).float() / scale).to(torch.float8_e4m3fn)
-    assert torch.equal(nf4_to_fp8(layer.weight, quant_state).view(torch.uint8), expected.view(torch.uint8))
+    expected = (F.dequantize_4bit(layer.weight, in_float32) / scale).to(torch.float8_e4m3fn)
+    ours = nf4_to_fp8(layer.weight, quant_state)
+    steps_apart = (ours.view(torch.uint8).int() - expected.view(torch.uint8).int()).abs()
+    assert steps_apart.max().item() <= 1 and (steps_apart == 0).float().mean().item() > 0.999
 
 
 def test_the_fp8_stand_in_matches_unsloths_matmul_eager_and_compiled():
