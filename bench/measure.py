@@ -32,7 +32,7 @@ def seeds_recipe(max_length: int) -> TrainSettings:
 def variant_recipe(variant: str, max_length: int) -> tuple[str, TrainSettings, LoraSettings]:
     """(backend, training settings, LoRA settings) of a variant.
 
-    BENCH_OURS="sampling=random,offload_activations=false" tries other settings for `ours` (any
+    BENCH_OURS="sampling=group_by_length,fp8_matmuls=false" tries other settings for `ours` (any
     field of TrainSettings or LoraSettings); the JSON records the recipe that ran.
     """
     if variant == "ours":
@@ -139,6 +139,7 @@ def run_curve(variant: str, model: str, steps: int, seed: int, max_length: int) 
         "held_out_rows": len(held_out),
         "held_out_loss_before": round(before, 4),
         "held_out_loss_after": round(_held_out_loss(loaded.model, held_out), 4),
+        "fp8_matmuls": job.result["fp8_matmuls"],
         "losses": [round(m["loss"], 4) for m in job.metrics],
     }
 

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--optimizer", default=None, help="e.g. adamw_8bit, adamw_torch")
     train.add_argument("--weight-decay", type=float, default=None)
     train.add_argument("--sampling", choices=("random", "group_by_length"), default=None,
-                       help="batch order; default group_by_length (similar lengths together)")
+                       help="batch order; default random on a GPU, group_by_length (similar lengths together, less "
+                            "padding) on CPU")
     train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
     train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
                        help="FP8 matmuls for the 4-bit base weights (Ada/Hopper GPU, 8B-class model; default on)")
