@@ -136,6 +136,11 @@ def read_run_record(adapter_dir: str | Path | None) -> dict:
     return json.loads((folder / "run.json").read_text()) if folder else {}
 
 
+def run_template(record: dict) -> str:
+    """The template a run (its run.json record) trained with, so chat prompts it the same way."""
+    return record.get("dataset", {}).get("template", "chat")
+
+
 def read_run_template(adapter_dir: str | Path) -> str:
-    """The template an adapter was trained with (from its run.json), so chat prompts it the same way."""
-    return read_run_record(adapter_dir).get("dataset", {}).get("template", "chat")
+    """The template an adapter was trained with (from its run.json)."""
+    return run_template(read_run_record(adapter_dir))

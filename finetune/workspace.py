@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from finetune.adapters import read_run_template
+from finetune.adapters import read_run_template, run_template
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
 from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
 from finetune.evaluate import EvalReport, EvalSettings
@@ -274,7 +274,7 @@ class Workspace:
             return  # already on
         with loaded.lock:
             load_adapter(loaded, adapter)
-        self.trained_template = record.get("dataset", {}).get("template", "chat")
+        self.trained_template = run_template(record)
 
     def exports(self) -> list[str]:
         """The finished exports, newest first (a hidden .partial- folder is an export in progress or failed)."""
