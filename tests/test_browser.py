@@ -57,7 +57,23 @@ def shoot(page, name):
 def load_embedded(page):
     open_tab(page, "Model")
     page.get_by_role("button", name="Load model").click()
+    # A page that opens on a loaded model already reads "Parameters": wait for this load's own end,
+    # when Gradio hides the status' progress overlay again (it shows from the click on).
+    page.wait_for_selector("#model-status .wrap.hide", state="attached", timeout=120_000)
     page.wait_for_selector("#model-status:has-text('Parameters')")
+
+
+def wait_for_status(page, element_id, *texts, timeout=180_000):
+    """Wait until the status shows one of the texts; if it never does, fail saying what it shows."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    selector = ", ".join(f"#{element_id}:has-text('{text}')" for text in texts)
+    try:
+        page.wait_for_selector(selector, timeout=timeout)
+    except PlaywrightTimeout:
+        shoot(page, f"timeout-{element_id}")
+        shown = page.inner_text(f"#{element_id}")
+        raise AssertionError(f"#{element_id} never showed {texts}; it reads: {shown!r}") from None
 
 
 def upload(page, path):
@@ -137,7 +153,7 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
         timeout=120_000,
     )
     page.get_by_role("button", name="Stop").first.click()
-    page.wait_for_selector("#train-status:has-text('Stopped at step')", timeout=180_000)
+    wait_for_status(page, "train-status", "Stopped at step")
     assert "adapter saved to" in page.inner_text("#train-status")
     shoot(page, "4-train-stopped")
 
@@ -171,7 +187,7 @@ def test_evaluate_tab_shows_the_figures_and_each_question(page):
         box.fill(value)
         box.press("Enter")
     page.locator("#run-eval").click()
-    page.wait_for_selector("#eval-status:has-text('Done. 2 questions from clinical_mcq.jsonl')", timeout=180_000)
+    wait_for_status(page, "eval-status", "Done. 2 questions from clinical_mcq.jsonl")
     table = page.inner_text("#eval-table")
     assert "Multiple-choice accuracy" in table and "Format" in table
     questions = [json.loads(line)["question"] for line in MCQ_FILE.read_text().splitlines()[:3]]
@@ -192,7 +208,7 @@ def test_the_stopped_run_is_offered_to_resume_and_the_adapter_exports_as_gguf(pa
     open_tab(page, "Export")
     page.get_by_label("GGUF q8_0 (llama.cpp, Ollama)").check()
     page.locator("#export").click()
-    page.wait_for_selector("#export-status:has-text('Exported to'), #export-status:has-text('⚠')", timeout=180_000)
+    wait_for_status(page, "export-status", "Exported to", "⚠")
     # the model was loaded again by an earlier test: the stopped run's adapter is put back on it
     assert "model-q8_0.gguf" in page.inner_text("#export-status")
     page.wait_for_selector("#export-file a[download='model-q8_0.gguf']")  # the download link
