@@ -357,7 +357,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         # Training
 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
-                  optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls=False):
+                  optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls):
             try:
                 train_settings = TrainSettings(
                     micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),

@@ -326,7 +326,7 @@ class JobCallback(TrainerCallback):
 
 
 def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str,
-             fp8_matmuls: bool = False) -> dict:
+             fp8_matmuls: bool) -> dict:
     """Write the adapter and the tokenizer, and finish run.json (status, metrics) in the run folder."""
     adapter_dir = output_dir / "adapter"
     if is_main_process():
