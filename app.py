@@ -563,6 +563,7 @@ def _model_markdown(info) -> str:
         ("Quantization", info.quantization), ("Parameters", f"{info.parameters / 1e6:,.0f} M"),
         ("Memory", f"{info.memory_gb:.2f} GB"), ("Loaded in", f"{info.load_seconds:.1f} s"),
         ("Chat template", "yes" if info.chat_template else "none (the ### template is used)"),
+        ("Tokenizer", info.tokenizer_note or "round-trips text unchanged"),
     ]
     table = "\n".join(f"| {key} | {html.escape(str(value))} |" for key, value in rows)
     return f"✓ **Loaded.**\n\n| | |\n|---|---|\n{table}"

@@ -20,6 +20,7 @@ from finetune.backend import default_device, local_rank, unsloth_available, worl
 from finetune.config import ModelSettings
 from finetune.embedded import embedded_model_dir
 from finetune.hub import hub_offline_mode, hub_reachable
+from finetune.tokenizer_check import TokenizerError, checked_tokenizer
 
 PRESETS = {
     "embedded": "SmolLM2-135M-Instruct, embedded: runs offline on CPU (default)",
@@ -47,11 +48,14 @@ class ModelInfo:
     memory_gb: float
     load_seconds: float
     chat_template: bool
+    tokenizer_note: str = ""
+    """Empty when the tokenizer loaded right; else how it was repaired (shown on the model card)."""
 
     def summary(self) -> str:
         return (
             f"{self.name}: {self.parameters / 1e6:,.0f}M parameters, {self.quantization}, {self.dtype}, "
             f"{self.backend} on {self.device}, {self.memory_gb:.2f} GB, loaded in {self.load_seconds:.1f} s"
+            + (f"; tokenizer {self.tokenizer_note}" if self.tokenizer_note else "")
         )
 
 
@@ -110,6 +114,10 @@ def load_model(settings: ModelSettings, allow_local: bool = True) -> LoadedModel
         ) from None
     except Exception as err:
         raise ModelLoadError(f"{settings.name}: could not be loaded ({type(err).__name__}: {err})") from err
+    try:
+        tokenizer, check = checked_tokenizer(tokenizer, path, token)
+    except TokenizerError as err:
+        raise ModelLoadError(f"{settings.name}: {err}") from None
     _ensure_pad_token(tokenizer)
     info = ModelInfo(
         name=settings.name,
@@ -122,6 +130,7 @@ def load_model(settings: ModelSettings, allow_local: bool = True) -> LoadedModel
         memory_gb=round(model.get_memory_footprint() / 2**30, 3),
         load_seconds=round(time.perf_counter() - started, 2),
         chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        tokenizer_note=check.note,
     )
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, settings=settings)
 

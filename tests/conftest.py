@@ -14,7 +14,18 @@ import torch  # noqa: E402
 from finetune.config import LoraSettings, ModelSettings, TrainSettings  # noqa: E402
 
 R1_TEMPLATE = (ROOT / "configs" / "r1_chat_template.jinja").read_text()
-SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+"""The project's reference data (real R1 tokenizer, GGUF header, medical-o1 rows), beside a checkout."""
+SHARED_SAMPLE = SHARED_DATA / "medical_o1_sample.jsonl"
+R1_TOKENIZER = SHARED_DATA / "r1-distill-qwen-tokenizer"
+REAL_GGUF = SHARED_DATA / "r1-distill-qwen-7b-q4_k_m.header.gguf"
+
+
+def needs_shared(*paths: Path) -> pytest.MarkDecorator:
+    """Skip, saying so, where ../shared/data (not part of a lone clone) lacks one of `paths`."""
+    missing = [str(path.relative_to(ROOT.parent)) for path in paths if not path.exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} beside the checkout (the "
+                              "reference data in ../shared), which is absent here")
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ import math
 import subprocess
 import sys
 
-import pytest
-from conftest import ROOT, SHARED_SAMPLE
+from conftest import ROOT, SHARED_SAMPLE, needs_shared
 
 from finetune.config import TrainSettings
 from finetune.formats import IGNORE_INDEX
 
-pytestmark = pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="needs ../shared/data/medical_o1_sample.jsonl")
+pytestmark = needs_shared(SHARED_SAMPLE)
 
 
 def test_workload_rows_follow_medical_o1_lengths_with_the_prompt_masked():

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import SHARED_SAMPLE, trained_looking_adapter
+from conftest import SHARED_SAMPLE, needs_shared, trained_looking_adapter
 
-from finetune.data import MCQ_FILE, DatasetError, EvalItem, holdout_indices
+from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, EvalItem, holdout_indices
 from finetune.evaluate import EvalSettings, evaluate, extract_choice, item_rows, load_eval_items, summarize
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
@@ -53,8 +53,6 @@ def test_items_from_each_shape(tmp_path):
     assert bundled[0].options and bundled[0].gold in bundled[0].options and not bundled[0].has_reference
     assert bundled[0].prompt_question.startswith("Please answer the following multiple-choice question:\n")
     assert "\nA. " in bundled[0].prompt_question and "\nD. " in bundled[0].prompt_question
-    shared = load_eval_items(str(SHARED_SAMPLE), limit=5)
-    assert len(shared) == 5 and all(i.options and i.gold and i.has_reference and i.reasoning for i in shared)
     plain = tmp_path / "plain.jsonl"  # Question/Response only: no reasoning, no options
     plain.write_text(json.dumps({"Question": "What is sepsis?", "Response": "A dysregulated response."}) + "\n")
     (item,) = load_eval_items(str(plain))
@@ -62,6 +60,12 @@ def test_items_from_each_shape(tmp_path):
     listed = tmp_path / "listed.jsonl"  # options as a list, the gold as a 0-based index, no answer text
     listed.write_text(json.dumps({"question": "Q?", "options": ["x", "y", "z"], "answer_idx": 2}) + "\n")
     assert load_eval_items(str(listed))[0].gold == "C"
+
+
+@needs_shared(SHARED_SAMPLE)
+def test_medical_o1_rows_are_multiple_choice_items_with_a_reference():
+    shared = load_eval_items(str(SHARED_SAMPLE), limit=5)
+    assert len(shared) == 5 and all(i.options and i.gold and i.has_reference and i.reasoning for i in shared)
 
 
 def test_options_without_a_usable_answer_are_named(tmp_path):
@@ -89,13 +93,14 @@ def test_summary_counts_format_and_accuracy():
 
 
 def test_tiny_eval_end_to_end_base_and_finetuned(loaded):
-    items = load_eval_items(str(SHARED_SAMPLE), limit=2) + load_eval_items(str(MCQ_FILE), limit=1)
+    # Two bundled vignettes (a reference answer, no options) and one bundled multiple-choice question.
+    items = load_eval_items(str(SAMPLE_FILE), limit=2) + load_eval_items(str(MCQ_FILE), limit=1)
     trained_looking_adapter(loaded, std=0.05)  # so the two models differ
     progress = []
     report = evaluate(loaded, items, EvalSettings(max_new_tokens=8, batch_size=2, max_length=256),
                       on_progress=lambda *p: progress.append(p))
     base, tuned = report.metrics["base"], report.metrics["finetuned"]
-    assert base["n"] == tuned["n"] == 3 and base["mcq_n"] == 3
+    assert base["n"] == tuned["n"] == 3 and base["mcq_n"] == 1
     assert base["heldout_loss"] > 0 and base["loss_tokens"] > 0  # the two rows with a reference answer
     assert base["heldout_loss"] != tuned["heldout_loss"]
     assert 0 <= base["format_adherence"] <= 1 and 0 <= base["mcq_accuracy"] <= 1

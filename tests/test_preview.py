@@ -4,7 +4,7 @@ exactly what a run trains on, with the truncated rows counted."""
 import json
 
 import pytest
-from conftest import SHARED_SAMPLE
+from conftest import SHARED_SAMPLE, needs_shared
 
 from finetune.config import DataSettings
 from finetune.data import DatasetError, read_source
@@ -80,7 +80,7 @@ def test_histogram_bins_cover_each_length_once():
     assert [b["rows"] for b in bins] == [2, 1, 0, 0, 0, 0, 0, 1, 2]
 
 
-@pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason="the shared medical-o1 sample is not in ../shared")
+@needs_shared(SHARED_SAMPLE)
 def test_real_medical_o1_rows_preview(tokenizer, tmp_path):
     raw = read_upload(SHARED_SAMPLE)
     shown = preview_dataset(raw, DataSettings(), tokenizer, max_length=1024)
