@@ -25,10 +25,12 @@ do, so that tests can prove the client keeps it out of what it shows.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -113,6 +115,8 @@ class HubStandin:
         self.create_payloads: list[dict] = []
         self._signature = secrets.token_hex(8)  # stands for S3's pre-signed query
         self._lock = threading.Lock()
+        self._stopped = False
+        self._connections: set[socket.socket] = set()  # open keep-alive connections, cut on exit
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(self))
         # A short poll interval: shutdown() waits up to one interval, and each test stops a server.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="hub-standin",
@@ -129,8 +133,19 @@ class HubStandin:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop answering, as if the network went away (again: nothing happens)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.shutdown()
         self._server.server_close()
+        # A pooled client connection would otherwise still be answered: cut them, as a lost network does.
+        for connection in list(self._connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
 
     @property
@@ -503,6 +518,15 @@ def _handler_class(hub: HubStandin) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as httpx's pooled client expects
         timeout = 30  # an idle pooled connection must not hold a thread for ever
+
+        def setup(self) -> None:
+            super().setup()
+            hub._connections.add(self.connection)
+
+        def finish(self) -> None:
+            hub._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
 
         def _serve(self) -> None:
             request = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
