@@ -4,6 +4,7 @@ presets (tests/hub_replicas.py): the real file names, config fields and tokenize
 The app runs as an operator starts it (`python app.py`, HF_ENDPOINT pointing at the stand-in, its own
 HF_HOME), driven through gradio_client; the library-level checks run in this process."""
 
+import json
 import time
 from pathlib import Path
 
@@ -23,8 +24,9 @@ GATED = "standin-org/R1-Distill-Qwen-gated"
 APP_TOKEN = "hf_" + "AppRead0ken" * 3  # the app's HF_TOKEN secret: valid, not yet granted the gated repo
 LOADABLE = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
 ROUND_TRIP = "A 45-year-old man\nhas <think>x</think> 发热"
-# /start_training inputs (test_app_api.TRAIN_SETTINGS): 64-token rows, 2 steps, micro-batch 1, r 4
-TRAIN = ("chat", "", 64, 2, 2e-3, 1, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)
+# /start_training inputs (test_app_api.TRAIN_SETTINGS): 128-token rows (at 64 every prompt fills the row), 2 steps,
+# micro-batch 1, r 4
+TRAIN = ("chat", "", 128, 2, 2e-3, 1, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)
 
 
 @pytest.fixture(scope="session")
@@ -240,7 +242,7 @@ def test_a_4bit_preset_downloads_loads_trains_chats_and_exports(app, app_hub):
     assert {p.name for p in snapshot.iterdir()} == LOADABLE | {"special_tokens_map.json"}
     assert len(cdn_gets(app_hub, QWEN_4BIT, "model.safetensors")) == 1
 
-    choose_sample_dataset(client, max_length=64)
+    choose_sample_dataset(client)
     started, _ = client.predict(*TRAIN, "hub-run", 0, False, api_name="/start_training")
     assert started == "Starting…"
     deadline = time.time() + 240
@@ -251,13 +253,17 @@ def test_a_4bit_preset_downloads_loads_trains_chats_and_exports(app, app_hub):
         time.sleep(1)
     assert line.startswith("Done") and "loss" in line, line
 
-    chat = client.submit("A 24-year-old has fever and neck stiffness. Next step?", [], [], "Fine-tuned only", 6,
+    chat = client.submit("A 24-year-old has fever and neck stiffness. Next step?", [], [], "Fine-tuned only", 16,
                          0.0, 0.95, 1.0, 0, "auto", "", api_name="/chat")
     _, tuned, _, chat_status = chat.result(timeout=120)
     assert len(chat.outputs()) >= 2 and tuned[-1]["role"] == "assistant" and text(tuned[-1]), chat_status
 
     exported, _, _ = client.predict(None, "adapter", "", api_name="/export")
     assert exported.startswith("✓ Exported to") and "adapter_model.safetensors" in exported, exported
+    merged, _, _ = client.predict(None, "merged_16bit", "", api_name="/export")  # the 4-bit base dequantized
+    assert merged.startswith("✓ Exported to") and "model.safetensors" in merged, merged
+    merged_config = json.loads((folder / "runs" / "exports" / "hub-run-merged-16bit" / "config.json").read_text())
+    assert "quantization_config" not in merged_config and merged_config["vocab_size"] == 151936
 
 
 def test_gated_missing_and_offline_are_sentences_and_the_app_keeps_answering(app, app_hub):
