@@ -1,15 +1,30 @@
 """A stand-in for the Hugging Face Hub: a real HTTP server on 127.0.0.1 that speaks the part of the
-Hub API that `huggingface_hub`'s `create_repo` + `upload_folder` use on their LFS path, so a push
-can be tested end to end without the network.
+Hub API that `huggingface_hub` uses to push (`create_repo` + `upload_folder` on their LFS path) and
+to download (`hf_hub_download`, `snapshot_download`, `model_info`, `auth_check`, and so transformers
+through HF_ENDPOINT), so both can be tested end to end without the network.
 
     with HubStandin(tokens={"hf_write": "write"}) as hub:
         push_folder(folder, "standin-user/demo", token="hf_write", endpoint=hub.url)
         hub.files("standin-user/demo")  # path -> bytes, as committed
 
-Routes (shapes read from huggingface_hub 1.33: hf_api.py, _commit_api.py, lfs.py):
+    with HubStandin(tokens={"hf_read": "read"}) as hub:
+        hub.add_model("unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit", folder)  # tests/hub_replicas.py
+        hub.add_model("org/gated", folder, gated="manual"); hub.authorize("org/gated", "hf_read")
+        snapshot_download("unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit", endpoint=hub.url)
+
+Routes (shapes read from huggingface_hub 1.33: hf_api.py, _commit_api.py, lfs.py, file_download.py):
   POST /api/repos/create                         -> {"url"}; 409 with {"url"} when it exists
   POST /api/validate-yaml                        -> {"errors": [], "warnings": []}
-  GET  /api/models/{repo}[/revision/{rev}]       -> repo info (id, sha, private, siblings)
+  GET  /api/models/{repo}[/revision/{rev}]       -> repo info: id, sha, private, gated, siblings (with
+                                                    ?blobs=true: size, blobId, lfs {sha256, size})
+  GET  /api/models/{repo}/tree/{rev}[/{path}]    -> the file listing (?recursive=true), one page
+  GET  /api/models/{repo}/auth-check             -> 200, or the gated / not-found errors below
+  HEAD|GET /{repo}/resolve/{rev}/{path}          -> regular file: 200, ETag (git blob sha1), X-Repo-Commit,
+                                                    Content-Length, the bytes; LFS file: 302 to the CDN URL
+                                                    with X-Linked-Etag (sha256), X-Linked-Size, X-Repo-Commit
+  GET  /cdn/{sha256}?sig=...                     -> the LFS object (Range honoured), on host "localhost" so
+                                                    the client treats it as off the Hub; refused (400) if it
+                                                    carries an Authorization header, as S3 does
   POST /api/models/{repo}/preupload/{rev}        -> per file: uploadMode "lfs" or "regular", remote oid
   POST /{repo}.git/info/lfs/objects/batch        -> upload actions pointing back here (basic or multipart)
   PUT  /lfs/put/{oid}, /lfs/part/{oid}/{n}       -> the object bytes (no Authorization: a pre-signed URL)
@@ -17,9 +32,16 @@ Routes (shapes read from huggingface_hub 1.33: hf_api.py, _commit_api.py, lfs.py
   POST /{repo}.git/info/lfs/objects/verify       -> sha256 and size of the stored object checked
   POST /api/models/{repo}/commit/{rev}           -> NDJSON: header, "file" (base64), "lfsFile" (oid, size)
 
-Every /api and .git route wants `Authorization: Bearer <token>` with a token from `tokens` (role
-"write" or "read"). A rejected credential is echoed back in the 401 body, as a careless proxy might
-do, so that tests can prove the client keeps it out of what it shows.
+Revisions: "main" (the last commit) or any commit's full sha; another is 404 RevisionNotFound.
+The write routes want `Authorization: Bearer <token>` with a token from `tokens` (role "write"); a
+rejected credential is echoed back in the 401 body, as a careless proxy might do, so that tests can
+prove the client keeps it out of what it shows. The read routes take anonymous requests for public
+repos; an unknown token is 401 "Invalid credentials in Authorization header", as on the Hub.
+Download errors carry X-Error-Code and X-Error-Message, as the Hub's do (a HEAD has no body):
+  404 RepoNotFound (no such repo, or private and anonymous), 404 EntryNotFound (with X-Repo-Commit),
+  401 GatedRepo (gated, anonymous), 403 GatedRepo (gated, token not authorized), 404 RevisionNotFound.
+`download_rate` (bytes a second) slows CDN downloads, so that progress can be watched; `stop()`
+closes the server and its open connections, as a lost network would.
 """
 
 from __future__ import annotations
