@@ -299,11 +299,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         # Model
 
         def load(name, four_bit, length, backend_name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
-            progress(0.1, desc=f"Loading {name}…")
+            progress(0.05, desc=f"Loading {name}…")
             try:
                 settings = ModelSettings(name=(name or "").strip() or "embedded", load_in_4bit=four_bit,
                                          max_length=int(length), backend=backend_name)
-                return _model_markdown(workspace.load(settings))
+                # A Hub model's download fills the bar up to 90%; loading it into memory is the rest.
+                info = workspace.load(settings, lambda done, line: progress(0.05 + 0.85 * done, desc=line))
+                return _model_markdown(info)
             except VISITOR_ERRORS as err:
                 return f"⚠ {err}"
 

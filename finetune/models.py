@@ -18,6 +18,7 @@ import torch
 
 from finetune.backend import default_device, local_rank, unsloth_available, world_size
 from finetune.config import ModelSettings
+from finetune.download import DownloadError, Progress, download_model, hub_error_sentence
 from finetune.embedded import embedded_model_dir
 from finetune.hub import hub_offline_mode, hub_reachable
 from finetune.tokenizer_check import TokenizerError, checked_tokenizer
@@ -89,10 +90,11 @@ class LoadedModel:
         return hasattr(self.model, "peft_config")
 
 
-def load_model(settings: ModelSettings, allow_local: bool = True) -> LoadedModel:
+def load_model(settings: ModelSettings, allow_local: bool = True, progress: Progress | None = None) -> LoadedModel:
     """Load the model named in `settings`; raises ModelLoadError with one readable sentence.
 
-    `allow_local=False` (a shared app) reads no folder of this machine but the embedded model's."""
+    `allow_local=False` (a shared app) reads no folder of this machine but the embedded model's.
+    A Hub model is downloaded into the HF cache first; `progress(fraction, line)` hears how far."""
     started = time.perf_counter()
     device = default_device()
     backend = choose_backend(settings.backend, device)
@@ -100,6 +102,14 @@ def load_model(settings: ModelSettings, allow_local: bool = True) -> LoadedModel
     token = os.environ.get("HF_TOKEN") or None
     if is_hub:
         check_hub_access(path, token)
+        try:
+            folder = download_model(path, token, progress)
+        except DownloadError as err:
+            raise ModelLoadError(str(err)) from None
+        if backend != "unsloth":  # Unsloth keys its fixes on the repo id, and finds the files in the same cache
+            path = str(folder)
+        if progress is not None:
+            progress(1.0, f"Loading {settings.name}…")
     quantize = settings.load_in_4bit if settings.load_in_4bit is not None else device == "cuda"
     try:
         if backend == "unsloth":
@@ -174,8 +184,7 @@ def resolve_source(name: str, allow_local: bool = True) -> tuple[str, bool]:
 
 def check_hub_access(repo_id: str, token: str | None) -> None:
     """Fail fast with one sentence, instead of transformers' minute of retries and a traceback."""
-    from huggingface_hub import model_info, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub import HfApi, try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # cached earlier: loads without the network
@@ -187,17 +196,10 @@ def check_hub_access(repo_id: str, token: str | None) -> None:
             "(offline?) and the model is not in the local cache"
         )
     try:
-        model_info(repo_id, token=token, timeout=10)
-    except GatedRepoError:
-        raise ModelLoadError(
-            f"{repo_id}: the repo is gated: accept its terms on huggingface.co and set HF_TOKEN"
-        ) from None
-    except RepositoryNotFoundError:
-        raise ModelLoadError(
-            f"{repo_id}: no such model on the Hugging Face Hub (or it is private: set HF_TOKEN)"
-        ) from None
+        # auth_check, not model_info: the Hub shows a gated repo's info to anyone, only its files are gated.
+        HfApi().auth_check(repo_id, token=token)
     except Exception as err:
-        raise ModelLoadError(f"{repo_id}: the Hub did not answer ({type(err).__name__})") from None
+        raise ModelLoadError(hub_error_sentence(repo_id, err)) from None
 
 
 def _is_prequantized(path: str, token: str | None) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from finetune.adapters import read_run_template, run_template
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
 from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
+from finetune.download import Progress
 from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
@@ -61,15 +62,16 @@ class Workspace:
     def training(self) -> bool:
         return self.job is not None and self.job.running
 
-    def load(self, settings: ModelSettings) -> ModelInfo:
-        """Load a model for everyone; the old one stays in use if the new one fails."""
+    def load(self, settings: ModelSettings, progress: Progress | None = None) -> ModelInfo:
+        """Load a model for everyone; the old one stays in use if the new one fails. A Hub model is
+        downloaded first, telling `progress(fraction, line)` how far it has got."""
         if self.training:
             raise TrainingBusy(self.job)
         if not self._loading.acquire(blocking=False):
             raise WorkspaceError("Another model is loading right now; wait for it to finish.")
         try:
             self.loading = settings.name
-            loaded = load_model(settings, allow_local=self.allow_local_paths)
+            loaded = load_model(settings, allow_local=self.allow_local_paths, progress=progress)
             replaced = self.loaded is not None
             self.loaded, self.trained_template = loaded, None  # drops the last reference to the old model
             if replaced:
