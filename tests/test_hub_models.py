@@ -181,7 +181,6 @@ def test_missing_repo_and_unreachable_hub_are_one_sentence(hub_env, monkeypatch)
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.xfail(reason="needs the tokenizer repair from main", strict=False)
 def test_the_llama_replica_loads_a_tokenizer_that_keeps_spaces(hub_env):
     from finetune.config import ModelSettings
     from finetune.models import load_model
@@ -189,8 +188,10 @@ def test_the_llama_replica_loads_a_tokenizer_that_keeps_spaces(hub_env):
     loaded = load_model(ModelSettings(LLAMA_4BIT))
     tokenizer = loaded.tokenizer
     ids = tokenizer(ROUND_TRIP, add_special_tokens=False).input_ids
-    # Without the repair, transformers loads this repo through LlamaTokenizer: 'A45-year-oldmanhas<think>x</think>'
+    # Without the repair (finetune/tokenizer_check.py) transformers loads this repo through LlamaTokenizer:
+    # 'A45-year-oldmanhas<think>x</think>'
     assert tokenizer.decode(ids) == ROUND_TRIP
+    assert loaded.info.tokenizer_note.startswith("repaired")
 
 
 # -- the app, started as an operator starts it -----------------------------------------------------
