@@ -289,6 +289,23 @@ def test_pre_tokenizer_is_named_by_llama_cpp_s_check_hash(r1_dir):
     assert tokenizer("x").input_ids == [87] and tokenizer_pre(tokenizer, None) == "qwen2"
 
 
+def test_a_tokenizer_transformers_broke_is_refused_not_named(r1_dir, tmp_path):
+    """This tokenizer under a Llama config loads through LlamaTokenizer, which drops every space
+    (shared/data/README.md): its check hash is no known one, and Metaspace is no llama.cpp split."""
+    from transformers import AutoTokenizer
+
+    from finetune.gguf_export import GGUFExportError, tokenizer_pre
+
+    shutil.copytree(r1_dir, tmp_path / "llama", ignore=shutil.ignore_patterns("config.json"))
+    shutil.copy(ROOT / "configs" / "deepseek-r1-distill-llama-8b.json", tmp_path / "llama" / "config.json")
+    broken = AutoTokenizer.from_pretrained(tmp_path / "llama")
+    assert broken.convert_ids_to_tokens(broken("A 45-year-old", add_special_tokens=False).input_ids) == [
+        "A", "4", "5", "-year", "-old"]
+    spec = json.loads(broken.backend_tokenizer.to_str())["pre_tokenizer"]
+    with pytest.raises(GGUFExportError, match="Metaspace"):
+        tokenizer_pre(broken, spec)
+
+
 @pytest.mark.parametrize("key", ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
                                  "tokenizer.ggml.eos_token_id", "tokenizer.ggml.padding_token_id",
                                  "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"])
