@@ -13,21 +13,16 @@ import shutil
 import gguf
 import pytest
 import torch
-from conftest import ROOT, SHARED_SAMPLE, quick_train
+from conftest import R1_TOKENIZER, REAL_GGUF, ROOT, SHARED_SAMPLE, needs_shared, quick_train
 
 from finetune.config import DataSettings
 from finetune.data import map_columns
 from finetune.formats import IGNORE_INDEX, build_prompt, prompt_opens_reasoning, tokenize_example, tokenize_examples
 from finetune.models import _ensure_pad_token
 from finetune.preview import preview_dataset, read_upload
+from finetune.tokenizer_check import checked_tokenizer
 
-SHARED_DATA = SHARED_SAMPLE.parent
-TOKENIZER_DIR = SHARED_DATA / "r1-distill-qwen-tokenizer"
-REAL_GGUF = SHARED_DATA / "r1-distill-qwen-7b-q4_k_m.header.gguf"
-pytestmark = pytest.mark.skipif(
-    not (TOKENIZER_DIR.exists() and REAL_GGUF.exists() and SHARED_SAMPLE.exists()),
-    reason="the real R1-Distill-Qwen tokenizer, GGUF header and medical-o1 sample are not in ../shared/data",
-)
+pytestmark = needs_shared(R1_TOKENIZER, REAL_GGUF, SHARED_SAMPLE)
 
 BOS, EOS, USER, ASSISTANT = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"
 BOS_ID, EOS_ID, THINK_ID, THINK_CLOSE_ID, PAD_ID = 151646, 151643, 151648, 151649, 151654
@@ -40,16 +35,17 @@ def r1_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("r1-distill-qwen")
     shutil.copy(ROOT / "configs" / "deepseek-r1-distill-qwen-1.5b.json", folder / "config.json")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        shutil.copy(TOKENIZER_DIR / name, folder / name)
+        shutil.copy(R1_TOKENIZER / name, folder / name)
     return folder
 
 
 @pytest.fixture(scope="session")
 def r1_tokenizer(r1_dir):
-    """Loaded as the app loads a model's tokenizer (models._load_hf, then the pad check)."""
+    """Loaded as the app loads a model's tokenizer (models._load_hf, the round-trip check, the pad check)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(r1_dir)
+    tokenizer, check = checked_tokenizer(AutoTokenizer.from_pretrained(r1_dir), str(r1_dir))
+    assert check.round_trips and not check.repaired  # under a Qwen2 config it loads right as it is
     _ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -58,7 +54,7 @@ def r1_tokenizer(r1_dir):
 def r1_gguf_template_tokenizer(r1_tokenizer):
     """The same tokenizer with the earlier template (the generation prompt does not open <think>)."""
     tokenizer = copy.deepcopy(r1_tokenizer)
-    tokenizer.chat_template = (TOKENIZER_DIR / "chat_template_gguf.jinja").read_text()
+    tokenizer.chat_template = (R1_TOKENIZER / "chat_template_gguf.jinja").read_text()
     return tokenizer
 
 
@@ -289,9 +285,10 @@ def test_pre_tokenizer_is_named_by_llama_cpp_s_check_hash(r1_dir):
     assert tokenizer("x").input_ids == [87] and tokenizer_pre(tokenizer, None) == "qwen2"
 
 
-def test_a_tokenizer_transformers_broke_is_refused_not_named(r1_dir, tmp_path):
+def test_a_tokenizer_transformers_broke_is_refused_and_the_repaired_one_named(r1_dir, tmp_path):
     """This tokenizer under a Llama config loads through LlamaTokenizer, which drops every space
-    (shared/data/README.md): its check hash is no known one, and Metaspace is no llama.cpp split."""
+    (tokenizer_check): its check hash is no known one, and Metaspace is no llama.cpp split. The app's
+    repair gives back the very tokenizer, which llama.cpp knows by its hash."""
     from transformers import AutoTokenizer
 
     from finetune.gguf_export import GGUFExportError, tokenizer_pre
@@ -304,6 +301,9 @@ def test_a_tokenizer_transformers_broke_is_refused_not_named(r1_dir, tmp_path):
     spec = json.loads(broken.backend_tokenizer.to_str())["pre_tokenizer"]
     with pytest.raises(GGUFExportError, match="Metaspace"):
         tokenizer_pre(broken, spec)
+    repaired, check = checked_tokenizer(broken, str(tmp_path / "llama"))
+    assert check.repaired and tokenizer_pre(repaired, json.loads(repaired.backend_tokenizer.to_str())[
+        "pre_tokenizer"]) == "deepseek-r1-qwen"
 
 
 @pytest.mark.parametrize("key", ["tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
@@ -337,6 +337,6 @@ def test_gguf_chat_template_is_the_tokenizer_s(exported_gguf, real_gguf, r1_toke
     """The file carries the template the model was trained with. The 7B file carries the earlier one
     (before DeepSeek's generation prompt opened the <think> block): the same template but for that."""
     ours, theirs = value(exported_gguf, "tokenizer.chat_template"), value(real_gguf, "tokenizer.chat_template")
-    assert ours == r1_tokenizer.chat_template == (TOKENIZER_DIR / "chat_template.jinja").read_text()
-    assert theirs == (TOKENIZER_DIR / "chat_template_gguf.jinja").read_text()
+    assert ours == r1_tokenizer.chat_template == (R1_TOKENIZER / "chat_template.jinja").read_text()
+    assert theirs == (R1_TOKENIZER / "chat_template_gguf.jinja").read_text()
     assert ours.replace(f"{{{{'{ASSISTANT}<think>\\n'}}}}", f"{{{{'{ASSISTANT}'}}}}") == theirs
