@@ -42,7 +42,7 @@ ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 # llama.cpp tells BPE pre-tokenizers apart by how the tokenizer encodes a fixed text: convert_hf_to_gguf
 # writes the name it lists for sha256(str(tokenizer.encode(text))). The encoding keeps the special tokens
 # the tokenizer adds, so a BOS counts: R1-Distill-Qwen is Qwen2's split plus a BOS, hence its own name
-# (llama.cpp splits 'deepseek-r1-qwen' as 'qwen2'). The hashes of the tokenizers R1 distills use, as
+# (llama.cpp splits 'deepseek-r1-qwen' as 'qwen2'). The hashes of the R1 distills' tokenizers and Qwen2's, as
 # llama.cpp lists them; other tokenizers are named by their regexes below.
 LLAMA_CPP_CHECK_TEXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n"
