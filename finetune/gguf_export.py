@@ -12,6 +12,7 @@ copy of the model is ever held in memory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,26 @@ GGUF_FORMATS = {
 }
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 
+# llama.cpp tells BPE pre-tokenizers apart by how the tokenizer encodes a fixed text: convert_hf_to_gguf
+# writes the name it lists for sha256(str(tokenizer.encode(text))). The encoding keeps the special tokens
+# the tokenizer adds, so a BOS counts: R1-Distill-Qwen is Qwen2's split plus a BOS, hence its own name
+# (llama.cpp splits 'deepseek-r1-qwen' as 'qwen2'). The hashes of the R1 distills' tokenizers and Qwen2's, as
+# llama.cpp lists them; other tokenizers are named by their regexes below.
+LLAMA_CPP_CHECK_TEXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n"
+    "\U0001f680 (normal) \U0001f636\u200d\U0001f32b\ufe0f (multiple emojis concatenated) \u2705 \U0001f999\U0001f999 "
+    "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001f601 "
+    "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+    "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)  # escapes, not the characters: the emoji's joiner and variation selector, and the Khmer, stay visible
+PRE_TOKENIZER_HASHES = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3, R1-Distill-Llama
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",  # R1-Distill-Qwen
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2 (no BOS)
+}
 # The regexes of the pre-tokenizers llama.cpp knows, as tokenizer.json spells them, by llama.cpp's name.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -310,7 +331,7 @@ def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:
         raise GGUFExportError("GGUF export needs a fast byte-level BPE tokenizer (tokenizer.json), as R1 models have")
     tokens, token_types = _vocabulary(tokenizer, vocab_size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre_tokenizer_name(spec.get("pre_tokenizer")))
+    writer.add_tokenizer_pre(tokenizer_pre(tokenizer, spec.get("pre_tokenizer")))
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     merges = spec["model"]["merges"]  # "a b" strings, or [a, b] pairs in newer tokenizer.json files
@@ -346,6 +367,17 @@ def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
             tokens.append(by_id[index])
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
+
+
+def tokenizer_pre(tokenizer, spec: dict | None) -> str:
+    """tokenizer.ggml.pre for this tokenizer: llama.cpp's own name when its check hash is one llama.cpp
+    lists, else the name of its pre-tokenizer's regexes (`pre_tokenizer_name`)."""
+    return PRE_TOKENIZER_HASHES.get(pre_tokenizer_hash(tokenizer)) or pre_tokenizer_name(spec)
+
+
+def pre_tokenizer_hash(tokenizer) -> str:
+    """convert_hf_to_gguf's `chkhsh`: the sha256 of the ids of LLAMA_CPP_CHECK_TEXT, as a Python list's str."""
+    return hashlib.sha256(str(tokenizer.encode(LLAMA_CPP_CHECK_TEXT)).encode()).hexdigest()
 
 
 def pre_tokenizer_name(spec: dict | None) -> str:

@@ -252,9 +252,14 @@ def _default_dtype(device: str) -> torch.dtype:
 
 def _ensure_pad_token(tokenizer) -> None:
     # Batched training needs a pad token distinct from eos, or the end of each answer is masked out.
+    # Only special or added tokens: Qwen's vocabulary has "<unk>" as ordinary text (id 128244), which
+    # an R1-Distill-Qwen tokenizer padding with eos used to get. "<|vision_pad|>" is what Unsloth's
+    # R1-Distill-Qwen copies and llama.cpp's GGUFs of them pad with.
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
-        for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<｜▁pad▁｜>", "<unk>"):
-            if candidate in tokenizer.get_vocab() and candidate != tokenizer.eos_token:
+        reserved = {token.content for token in tokenizer.added_tokens_decoder.values()}
+        reserved |= set(tokenizer.all_special_tokens)
+        for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<｜▁pad▁｜>", "<|vision_pad|>", "<unk>"):
+            if candidate in reserved and candidate != tokenizer.eos_token:
                 tokenizer.pad_token = candidate
                 return
         if tokenizer.pad_token is None:
