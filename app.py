@@ -83,6 +83,10 @@ CSS = """
 .progress-track {height: 14px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
   border-radius: 7px; overflow: hidden}
 .progress-fill {height: 100%; background: var(--color-accent)}
+/* An R1 model reasons for thousands of tokens: its bubble scrolls within a bounded height (following the
+   end while it streams), so the answer below it stays in view. */
+#chat-base .thought-group > .content, #chat-tuned .thought-group > .content {max-height: min(18em, 35vh);
+  overflow-y: auto; overscroll-behavior: contain}
 """
 # Errors a visitor can cause or fix: shown as a message, never as a traceback.
 VISITOR_ERRORS = (DatasetError, ModelLoadError, WorkspaceError, TrainingBusy, ModelBusy, ExportError, PushError,
@@ -101,6 +105,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
     train = TrainSettings.for_device(device)
     lora = lora_for_device(device)
     model_max_length = train.max_length
+    chat_defaults = GenerationSettings.for_device(device)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nLoad a reasoning model, fine-tune it with LoRA on chain-of-thought data, and "
                     f"compare its answers with the base model's.\n\n{DISCLAIMER}")
@@ -228,18 +233,20 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             gr.Examples(EXAMPLE_QUESTIONS, inputs=question, label="Example questions")
             with gr.Accordion("Generation settings (DeepSeek-R1 defaults)", open=False):
                 with gr.Row():
-                    max_new_tokens = gr.Slider(16, 8192, 1024 if device == "cuda" else 256, step=16,
-                                               label="Max new tokens", elem_id="max-new-tokens")
-                    temperature = gr.Slider(0.0, 1.5, 0.6, step=0.05, label="Temperature (0: greedy)")
-                    top_p = gr.Slider(0.05, 1.0, 0.95, step=0.05, label="Top-p")
-                    repetition_penalty = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
-                    chat_seed = gr.Number(0, precision=0, label="Seed (same for both panes)")
+                    max_new_tokens = gr.Slider(16, 16384, chat_defaults.max_new_tokens, step=16,
+                                               label="Max new tokens (reasoning included)", elem_id="max-new-tokens")
+                    temperature = gr.Slider(0.0, 1.5, chat_defaults.temperature, step=0.05,
+                                            label="Temperature (0: greedy)")
+                    top_p = gr.Slider(0.05, 1.0, chat_defaults.top_p, step=0.05, label="Top-p")
+                    repetition_penalty = gr.Slider(1.0, 2.0, chat_defaults.repetition_penalty, step=0.05,
+                                                   label="Repetition penalty")
+                    chat_seed = gr.Number(chat_defaults.seed, precision=0, label="Seed (same for both panes)")
                 with gr.Row():
                     chat_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
                                               ("### template", "plain")], value="auto", label="Prompt template")
                     chat_system = gr.Textbox("", label="System prompt (R1 advice: leave empty)")
 
-        with gr.Tab("Evaluate", id="evaluate"):
+        with gr.Tab("Evaluate", id="evaluate") as eval_tab:
             gr.Markdown("Base vs fine-tuned on questions the adapter never trained on: held-out loss, whether the "
                         "answer follows a closed reasoning block, and multiple-choice accuracy (the letter is read "
                         "from the answer, never from the reasoning). Sampling as DeepSeek advises (temperature 0.6, "
@@ -254,13 +261,14 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                       ".parquet"], type="filepath", elem_id="eval-upload", scale=3)
             with gr.Row():
                 eval_limit = gr.Number(8, precision=0, minimum=1, label="Sample size (first N questions)")
-                eval_tokens = gr.Number(512 if device == "cpu" else 2048, precision=0, minimum=16,
-                                        label="Max new tokens per answer")
+                eval_tokens = gr.Number(EvalSettings.for_device(device).max_new_tokens, precision=0, minimum=16,
+                                        label="Max new tokens per answer", elem_id="eval-tokens")
                 eval_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
                                           ("### template", "plain")], value="auto", label="Prompt template")
             with gr.Row():
                 eval_button = gr.Button("Evaluate", variant="primary", elem_id="run-eval")
                 eval_stop_button = gr.Button("Stop", variant="stop", elem_id="stop-eval")
+            eval_estimate = gr.Markdown(elem_id="eval-estimate")
             eval_status = gr.Markdown(elem_id="eval-status")
             eval_table = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], interactive=False,
                                       label="Base vs fine-tuned", elem_id="eval-table")
@@ -366,6 +374,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
                     max_length=int(length or model_max_length), seed=int(train_seed or 0), sampling=batches,
                     eval_generate=bool(answers), fp8_matmuls=bool(fp8_matmuls),
+                    eval_max_new_tokens=train.eval_max_new_tokens,  # the device's, as the form has no field
                 )
                 lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
                                              gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
@@ -423,10 +432,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                               seed=int(gen_seed or 0), system_prompt=system,
                                               template=prompt_template)
                 replies = {}
+                first = True
                 for shown in workspace.chat(text or "", settings, panes, histories, request.session_hash, replies):
                     base, tuned = (chats[p] + ([question_message, *shown[p]] if p in shown else [])
                                    for p in ("base", "tuned"))
-                    yield base, tuned, "", speed_summary(replies)
+                    # The question box is emptied once: later updates would wipe a next question being typed.
+                    yield base, tuned, "" if first else gr.skip(), speed_summary(replies)
+                    first = False
             except VISITOR_ERRORS as err:
                 yield chats["base"], chats["tuned"], text, f"⚠ {err}"
 
@@ -449,6 +461,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     yield line, table, questions, report, question_detail(report, 1)
             except VISITOR_ERRORS as err:
                 yield f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+
+        def estimate_evaluation(source_name, upload_path, limit, new_tokens):
+            return workspace.evaluation_estimate(source_name, upload_path, int(limit or 1), int(new_tokens or 16))
 
         def stop_evaluation(request: gr.Request):
             workspace.stop_evaluation(request.session_hash)
@@ -534,8 +549,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         eval_inputs = [eval_source, eval_upload, eval_limit, eval_tokens, eval_template]
         eval_outputs = [eval_status, eval_table, eval_questions, eval_report, eval_detail]
+        estimate_inputs = [eval_source, eval_upload, eval_limit, eval_tokens]
         eval_button.click(run_evaluation, eval_inputs, eval_outputs, api_name="evaluate", concurrency_id="model",
-                          concurrency_limit=1)
+                          concurrency_limit=1).then(estimate_evaluation, estimate_inputs, eval_estimate,
+                                                    api_name=False)  # its own speed is the better rate now
+        # Before it starts: about how long the chosen sample takes here, redone on each change.
+        for trigger in (eval_source.change, eval_upload.change, eval_limit.change, eval_tokens.change, eval_tab.select):
+            trigger(estimate_evaluation, estimate_inputs, eval_estimate, api_name=False, show_progress="hidden")
         eval_stop_button.click(stop_evaluation, None, None, api_name="stop_evaluation")
         eval_pick.change(show_question, [eval_report, eval_pick], eval_detail, api_name=False)
         eval_upload.upload(lambda: "upload", None, eval_source, api_name=False)

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rows kept out of training and evaluated on at the end, base vs fine-tuned")
     train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction, default=True,
                        help="with --holdout: generate answers too (format, accuracy), not only the loss")
-    train.add_argument("--eval-max-new-tokens", type=int, default=512)
+    train.add_argument("--eval-max-new-tokens", type=int, default=None,
+                       help="per held-out answer (device default: finetune.config.EVAL_MAX_NEW_TOKENS)")
     for name in ("train", "preview"):
         # Unset unless written on the command line: a flag given wins over the recipe, even where it says
         # what the default says (--holdout 0 over a recipe's holdout_rows: 8); one left out keeps the recipe's.
@@ -102,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows")
     evaluate.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
-    evaluate.add_argument("--max-new-tokens", type=int, default=512)
+    evaluate.add_argument("--max-new-tokens", type=int, default=None,
+                          help="per answer (device default: finetune.config.EVAL_MAX_NEW_TOKENS)")
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--temperature", type=float, default=0.6, help="0: greedy (R1 advice: 0.6)")
+    evaluate.add_argument("--temperature", type=float, default=None, help="0: greedy (default 0.6, R1 advice)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--max-length", type=int, default=2048)
     evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
@@ -336,6 +338,7 @@ def run_eval(args) -> int:
     from pathlib import Path
 
     from finetune.adapters import load_adapter, read_run_template
+    from finetune.backend import default_device
     from finetune.config import ModelSettings
     from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError
     from finetune.evaluate import EvalSettings, evaluate, load_eval_items
@@ -344,9 +347,11 @@ def run_eval(args) -> int:
     source = args.dataset or _default_eval_source(args.adapter)
     source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE)}.get(source, source)
     try:
-        settings = EvalSettings(limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                max_length=args.max_length, temperature=args.temperature, seed=args.seed,
-                                template=args.template or (read_run_template(args.adapter) if args.adapter else "chat"))
+        given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+        settings = EvalSettings.for_device(default_device(), **{k: v for k, v in given.items() if v is not None},
+                                           limit=args.limit, batch_size=args.batch_size, max_length=args.max_length,
+                                           seed=args.seed, template=args.template or (
+                                               read_run_template(args.adapter) if args.adapter else "chat"))
         items = load_eval_items(source, args.columns, args.limit)
         loaded = load_model(ModelSettings(args.model, args.load_in_4bit, args.max_length))
         if args.adapter:

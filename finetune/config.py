@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+EVAL_MAX_NEW_TOKENS = {"cuda": 4096, "cpu": 512}
+"""New tokens per answer when evaluating, by device. R1 models reason for 1,000-4,000 tokens before they
+answer, so a GPU evaluation gives them 4,096 (a batch runs as long as its longest reply, and one still
+reasoning at 4,000 tokens is usually looping); on CPU the embedded 135M model writes a few hundred
+(the bundled sample's reasoning and answer are at most ~310 of its tokens)."""
 
 
 @dataclass
@@ -79,7 +84,7 @@ class TrainSettings:
     """'random', or 'group_by_length': batches of similar lengths, so less compute goes to padding."""
     eval_generate: bool = True
     """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
-    eval_max_new_tokens: int = 512
+    eval_max_new_tokens: int = EVAL_MAX_NEW_TOKENS["cuda"]
     save_steps: int | None = None
     """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None: ten a run."""
     fp8_matmuls: bool = False
@@ -117,6 +122,7 @@ class TrainSettings:
             optimizer="adamw_torch",
             max_length=512,
             sampling="group_by_length",
+            eval_max_new_tokens=EVAL_MAX_NEW_TOKENS["cpu"],
         )
 
 
@@ -129,7 +135,7 @@ class TrainSettings:
         moved Llama-8B's held-out loss beyond the spread of row orders; Unsloth's padding-free
         batches leave little padding for them to save."""
         return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "random",
-                      "fp8_matmuls": True, "eval_max_new_tokens": 2048, **overrides})  # R1 models reason for long
+                      "fp8_matmuls": True, **overrides})
 
 
 def lora_for_device(device: str) -> LoraSettings:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from finetune.config import EVAL_MAX_NEW_TOKENS
 from finetune.data import DatasetError, EvalItem, Example, eval_items, read_source, resolve_columns, to_examples
 from finetune.formats import (
     IGNORE_INDEX,
@@ -52,7 +53,8 @@ PUBLISHED = {
 class EvalSettings:
     limit: int | None = None
     """Evaluate at most this many items (the first ones); None: all."""
-    max_new_tokens: int = 512
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS["cuda"]
+    """Per answer: room for an R1 model's reasoning and its answer (`for_device` on CPU: a demo's)."""
     batch_size: int = 8
     """Questions generated together."""
     temperature: float = 0.6
@@ -73,6 +75,11 @@ class EvalSettings:
             raise ValueError(f"the sample size must be at least 1, not {self.limit}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be at least 1")
+
+    @classmethod
+    def for_device(cls, device: str, **overrides) -> EvalSettings:
+        """The defaults with the device's answer length (`finetune.config.EVAL_MAX_NEW_TOKENS`)."""
+        return cls(**{"max_new_tokens": EVAL_MAX_NEW_TOKENS["cuda" if device == "cuda" else "cpu"], **overrides})
 
 
 @dataclass
@@ -246,7 +253,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
                     stop: threading.Event | None) -> list[str]:
     from transformers import StoppingCriteriaList
 
-    from inference.generate import StopOnEvent
+    from inference.generate import StopOnEvent, check_room
 
     tokenizer = loaded.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow every prompt directly
@@ -254,6 +261,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
+    check_room(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
     inputs = inputs.to(next(loaded.model.parameters()).device)
     criteria = StoppingCriteriaList([StopOnEvent(stop)]) if stop is not None else None
     sampling = settings.temperature > 0

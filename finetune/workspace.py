@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.adapters import read_run_template, run_template
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import MCQ_FILE, SAMPLE_FILE, LoadedRows, write_rows
+from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, LoadedRows, write_rows
 from finetune.download import Progress
+from finetune.eval_estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
 from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
@@ -53,6 +55,9 @@ class Workspace:
     _chat_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     """One stop switch per visitor's reply in progress, so Stop ends that visitor's reply only."""
     _eval_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
+    _decode_rate: tuple[weakref.ref, DecodeRate] | None = field(default=None, repr=False)
+    """The last measured generation speed and the model it was measured on (a weak reference: a
+    rate must not keep an unloaded model's memory)."""
 
     def __post_init__(self) -> None:
         # Runs whose process died (the app was killed or restarted mid-training) say so from now on.
@@ -154,11 +159,14 @@ class Workspace:
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
         stop = self._chat_stops[visitor] = threading.Event()
+        replies = {} if replies is None else replies
         try:
             yield from stream_chat(loaded, question, settings, panes, histories, stop, replies)
         finally:
             if self._chat_stops.get(visitor) is stop:
                 del self._chat_stops[visitor]
+            finished = [reply for reply in replies.values() if reply.done]
+            self._measured(loaded, sum(r.tokens for r in finished), sum(r.seconds for r in finished), "chat")
 
     def stop_chat(self, visitor: str = "") -> None:
         """End this visitor's reply in progress; what was written so far stays, marked as stopped."""
@@ -189,14 +197,7 @@ class Workspace:
         loaded = self.require_model()
         if self.training:
             raise WorkspaceError("A training run is going on; evaluate when it ends or is stopped.")
-        files = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "upload": upload,
-                 "heldout": str(self._heldout_file() or "")}
-        path = files.get(source)
-        if not path:
-            raise WorkspaceError({"upload": "Upload a file first.",
-                                  "heldout": "No finished run with held-out rows yet: train with “Hold out rows” "
-                                             "above 0 first, or pick another source."}.get(source,
-                                                                                           "Pick what to evaluate on."))
+        path = self._evaluation_file(source, upload)
         items = load_eval_items(path, limit=settings.limit)
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
@@ -228,8 +229,47 @@ class Workspace:
         if isinstance(outcome[0], Exception):
             raise outcome[0]
         report = outcome[0]
+        answers = [result for results in report.items.values() for result in results]
+        self._measured(loaded, sum(r.reasoning_tokens + r.answer_tokens for r in answers),
+                       sum(r.seconds for r in answers), "the last evaluation")
         done = "Stopped; the figures cover the questions answered so far." if report.stopped else "Done."
         yield f"{done} {len(items)} questions from {Path(path).name}.", report
+
+    def _evaluation_file(self, source: str, upload: str | None) -> str:
+        files = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "upload": upload,
+                 "heldout": str(self._heldout_file() or "")}
+        path = files.get(source)
+        if not path:
+            raise WorkspaceError({"upload": "Upload a file first.",
+                                  "heldout": "No finished run with held-out rows yet: train with “Hold out rows” "
+                                             "above 0 first, or pick another source."}.get(source,
+                                                                                           "Pick what to evaluate on."))
+        return path
+
+    def _measured(self, loaded: LoadedModel, tokens: int, seconds: float, where: str) -> None:
+        rate = measured_rate(tokens, seconds, where)
+        if rate is not None:
+            self._decode_rate = (weakref.ref(loaded), rate)
+
+    def decode_rate(self) -> DecodeRate | None:
+        """The generation speed last measured on the loaded model (in chat or an evaluation), if any."""
+        if self._decode_rate is None or self.loaded is None or self._decode_rate[0]() is not self.loaded:
+            return None
+        return self._decode_rate[1]
+
+    def evaluation_estimate(self, source: str, upload: str | None, limit: int | None, max_new_tokens: int) -> str:
+        """About how long `evaluate` would take with these choices, as one line (why not, when it cannot)."""
+        from finetune.evaluate import MODELS, load_eval_items
+
+        loaded = self.loaded
+        if loaded is None:
+            return "Load a model to see about how long an evaluation takes on this machine."
+        try:
+            questions = len(load_eval_items(self._evaluation_file(source, upload), limit=limit))
+        except (WorkspaceError, DatasetError, ValueError):
+            return ""  # Evaluate says why when pressed
+        rate = self.decode_rate() or guessed_rate(loaded.device, loaded.info.memory_gb)
+        return estimate_line(questions, len(MODELS) if loaded.has_adapter else 1, max_new_tokens, rate)
 
     def stop_evaluation(self, visitor: str = "") -> None:
         stop = self._eval_stops.get(visitor)

@@ -24,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object with thinking and answer")
     parser.add_argument("--compare", action="store_true", help="answer with the base model, then the fine-tuned")
     parser.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="the reply's limit, reasoning included (default: GenerationSettings for the device)")
+    parser.add_argument("--temperature", type=float, default=None, help="default 0.6 (R1 advice); 0: greedy")
+    parser.add_argument("--top-p", type=float, default=None, help="default 0.95 (R1 advice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--system-prompt", default="")
     parser.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
@@ -63,15 +64,16 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     from finetune.adapters import load_adapter, read_run_template
+    from finetune.backend import default_device
     from finetune.config import ModelSettings
     from finetune.models import ModelLoadError, load_model
-    from inference.generate import GenerationSettings, stream_reply
+    from inference.generate import ContextTooLong, GenerationSettings, stream_reply
 
+    given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
     try:
-        settings = GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
+        settings = GenerationSettings.for_device(
+            default_device(),
+            **{name: value for name, value in given.items() if value is not None},
             seed=args.seed,
             system_prompt=args.system_prompt,
             template=args.template or (read_run_template(args.adapter) if args.adapter else "chat"),
@@ -87,12 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for label, use_adapter in runs:
         replies = stream_reply(loaded, args.question, settings, use_adapter=use_adapter)
-        if args.json:
-            *_, final = replies
-        else:
-            if label:
-                print(f"=== {label} ===", flush=True)
-            final = _stream_to_terminal(replies)
+        try:
+            if args.json:
+                *_, final = replies
+            else:
+                if label:
+                    print(f"=== {label} ===", flush=True)
+                final = _stream_to_terminal(replies)
+        except ContextTooLong as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         results[label or "reply"] = {
             "thinking": final.thinking,
             "answer": final.answer,

@@ -11,6 +11,7 @@ while its status is "pending" and closed once it is "done".
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 from finetune.models import LoadedModel
@@ -23,6 +24,10 @@ NOTE = "ℹ️ "
 """Starts the app's own notes in a pane, which are never fed back to the model as answers."""
 NO_ADAPTER = NOTE + "No fine-tuned adapter yet: train one in the Train tab, then ask again."
 STOPPED = NOTE + "Stopped before the end."
+UPDATE_SECONDS = 1 / 15
+"""A pane is re-sent at most this often while it streams (and always when its reasoning closes and at its
+end). The page re-renders a whole message on every update: one per token would re-render a 4,000-token
+reasoning 4,000 times as it grows."""
 
 
 def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict]:
@@ -38,7 +43,7 @@ def reply_messages(reply: Reply, max_new_tokens: int | None = None) -> list[dict
                 "content": reply.thinking or "…",
                 "metadata": {
                     "title": REASONING_TITLE,
-                    "log": f"{tokens} tokens",
+                    "log": f"{tokens:,} tokens",
                     "duration": round(seconds, 1),
                     "status": "done" if thinking_over else "pending",
                 },
@@ -97,10 +102,12 @@ def stream_chat(
     histories: dict[str, Sequence[tuple[str, str]]] | None = None,
     stop: threading.Event | None = None,
     replies: dict[str, Reply] | None = None,
+    every: float = UPDATE_SECONDS,
 ) -> Iterator[dict[str, list[dict]]]:
     """Answer one question in each pane, one after the other (they share the weights), same seed.
 
-    Yields {pane: assistant messages so far} after every new piece of text. Setting `stop` ends the
+    Yields {pane: assistant messages so far} as text arrives, at most once in `every` seconds, and
+    always for a pane's first text, when its reasoning closes and at its end. Setting `stop` ends the
     reply being written (it says so) and skips the panes not started yet. `replies`, if given, gets
     each pane's latest Reply (for `speed_summary`).
     """
@@ -119,11 +126,15 @@ def stream_chat(
             shown[pane] = [{"role": "assistant", "content": NO_ADAPTER}]
             yield dict(shown)
             continue
+        sent_at, thinking_done = None, None
         for reply in stream_reply(loaded, question, settings, PANES[pane], stop, histories.get(pane, ())):
-            shown[pane] = reply_messages(reply, settings.max_new_tokens)
             if replies is not None:
                 replies[pane] = reply
-            yield dict(shown)
+            now = time.monotonic()
+            if reply.done or reply.thinking_done != thinking_done or sent_at is None or now - sent_at >= every:
+                sent_at, thinking_done = now, reply.thinking_done
+                shown[pane] = reply_messages(reply, settings.max_new_tokens)
+                yield dict(shown)
 
 
 PANE_TITLES = {"base": "Base", "tuned": "Fine-tuned"}

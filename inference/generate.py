@@ -22,17 +22,26 @@ from inference.fast_decode import Sampling, decoder_for
 from inference.think import split_think
 
 GENERATE = "transformers generate"
+CHAT_MAX_NEW_TOKENS = {"cuda": 6144, "cpu": 384}
+"""New tokens a chat reply may take, by device. R1 models reason for 1,000-4,000 tokens before they
+answer: on a GPU a 4,000-token reasoning and its answer fit, with room. On CPU the embedded 135M model is
+a demo: the bundled sample's reasoning and answer are at most ~310 of its tokens, at ~20 tokens/s."""
 
 
 class ModelBusy(RuntimeError):
     """The model is being trained; chat must wait until the run ends."""
 
 
+class ContextTooLong(ValueError):
+    """The prompt and the longest reply asked for do not fit in the model's context window."""
+
+
 @dataclass
 class GenerationSettings:
     """Defaults are DeepSeek's advice for R1 models: temperature 0.6, top_p 0.95, no system prompt."""
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int = CHAT_MAX_NEW_TOKENS["cuda"]
+    """The reply's limit, reasoning included (`for_device` on CPU: a demo's)."""
     temperature: float = 0.6
     top_p: float = 0.95
     repetition_penalty: float = 1.0
@@ -49,6 +58,11 @@ class GenerationSettings:
             raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+
+    @classmethod
+    def for_device(cls, device: str, **overrides) -> GenerationSettings:
+        """The defaults with the device's reply length (`CHAT_MAX_NEW_TOKENS`)."""
+        return cls(**{"max_new_tokens": CHAT_MAX_NEW_TOKENS["cuda" if device == "cuda" else "cpu"], **overrides})
 
 
 @dataclass
@@ -117,6 +131,7 @@ def stream_reply(
     open_tag, close_tag = reasoning_tags(template)
     opened = prompt_opens_reasoning(prompt, template)
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    check_room(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
     streamer = _counting_streamer(tokenizer)
     sampling = settings.temperature > 0
     kwargs = dict(
@@ -189,6 +204,29 @@ def stream_reply(
         thinking_tokens,
         stopped=stop.is_set(),
         decoder=used[0] if used else "",
+    )
+
+
+def context_limit(loaded: LoadedModel) -> int | None:
+    """The most tokens, prompt and reply together, the model was built for; None when it does not say."""
+    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def check_room(loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise ContextTooLong, saying what to change, when the prompt and the reply would overflow the model."""
+    limit = context_limit(loaded)
+    if limit is None or prompt_tokens + max_new_tokens <= limit:
+        return
+    if prompt_tokens >= limit:
+        raise ContextTooLong(
+            f"The prompt alone is {prompt_tokens:,} tokens, more than this model's limit of {limit:,} (prompt "
+            "and reply together): shorten the question or start a new conversation (earlier turns are part of it)."
+        )
+    raise ContextTooLong(
+        f"The prompt ({prompt_tokens:,} tokens) and “Max new tokens” ({max_new_tokens:,}) add up to "
+        f"{prompt_tokens + max_new_tokens:,}, more than this model's limit of {limit:,}: set “Max new tokens” "
+        f"to {limit - prompt_tokens:,} or less."
     )
 
 

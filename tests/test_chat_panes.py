@@ -101,3 +101,29 @@ def test_both_panes_show_reasoning_apart_from_the_answer_for_an_r1_prompt(loaded
         assert "metadata" not in answer and answer["content"].startswith(NOTE)  # 10 tokens: still thinking
     # A fresh adapter is zero-initialised: with the same seed the two panes match exactly.
     assert final["base"][0]["content"] == final["tuned"][0]["content"]
+
+
+def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_and_end(monkeypatch):
+    """4,000 tokens in a few milliseconds: a handful of updates, not 4,000; the bubble's close and the end
+    always go out."""
+    import inference.chat
+    from finetune.models import LoadedModel
+
+    def fast_stream(loaded, question, settings, use_adapter, stop, history):
+        for n in range(1, 4001):
+            yield Reply(" ".join(["word"] * n), "", False, False, n, n / 1e4)
+        yield Reply(" ".join(["word"] * 4000), "A", True, False, 4001, 0.41, 0.4, 4000)
+        yield Reply(" ".join(["word"] * 4000), "An answer.", True, True, 4003, 0.42, 0.4, 4000)
+
+    monkeypatch.setattr(inference.chat, "stream_reply", fast_stream)
+    loaded = LoadedModel.__new__(LoadedModel)  # no model is read: only its adapter flag
+    monkeypatch.setattr(LoadedModel, "has_adapter", property(lambda self: False))
+    updates = list(stream_chat(loaded, "Why?", GREEDY, panes=("base",)))
+    assert len(updates) < 50
+    bubble = updates[0]["base"][0]
+    assert bubble["metadata"]["status"] == "pending" and bubble["content"] == "word"  # the first text at once
+    closed = [u for u in updates if len(u["base"]) == 2 and u["base"][1]["content"] == "A"]
+    assert closed and closed[0]["base"][0]["metadata"]["status"] == "done"  # the close, though 10 µs later
+    bubble, answer = updates[-1]["base"]
+    assert bubble["metadata"]["log"] == "4,000 tokens" and answer["content"] == "An answer."
+    assert len(list(stream_chat(loaded, "Why?", GREEDY, panes=("base",), every=0))) == 4002

@@ -53,3 +53,37 @@ def test_abandoned_stream_stops_and_frees_the_model(loaded):
     replies.close()  # e.g. the page was closed mid-answer
     assert loaded.lock.acquire(timeout=10)  # it ended, instead of running 1000 tokens on (~50 s)
     loaded.lock.release()
+
+
+def test_defaults_leave_room_for_r1_reasoning_on_a_gpu_and_stay_short_on_cpu():
+    from finetune.config import TrainSettings
+    from finetune.evaluate import EvalSettings
+    from inference.generate import CHAT_MAX_NEW_TOKENS
+
+    gpu, cpu = GenerationSettings.for_device("cuda"), GenerationSettings.for_device("cpu")
+    assert gpu.max_new_tokens >= 4096 + 512 and cpu.max_new_tokens <= 512  # a 4,000-token reasoning and its answer
+    assert GenerationSettings().max_new_tokens == gpu.max_new_tokens == CHAT_MAX_NEW_TOKENS["cuda"]
+    assert GenerationSettings.for_device("cpu", max_new_tokens=32, seed=3).max_new_tokens == 32
+    assert EvalSettings.for_device("cuda").max_new_tokens >= 4096 > EvalSettings.for_device("cpu").max_new_tokens
+    # The end-of-run evaluation uses the same lengths as the Evaluate tab and `python -m finetune eval`.
+    for device in ("cuda", "cpu"):
+        assert TrainSettings.for_device(device).eval_max_new_tokens == EvalSettings.for_device(device).max_new_tokens
+
+
+def test_a_reply_that_would_overflow_the_context_says_what_to_lower(loaded):
+    import pytest
+
+    from inference.generate import ContextTooLong, check_room, context_limit
+
+    assert context_limit(loaded) == 8192  # SmolLM2-135M
+    check_room(loaded, 100, 8092)  # fits exactly
+    with pytest.raises(ContextTooLong) as raised:
+        next(stream_reply(loaded, "What is sepsis?", GenerationSettings(max_new_tokens=8190)))
+    message = str(raised.value)
+    assert "“Max new tokens” (8,190)" in message and "limit of 8,192" in message
+    prompt = int(message.split("prompt (")[1].split(" tokens")[0])
+    assert f"set “Max new tokens” to {8192 - prompt:,} or less" in message
+    with pytest.raises(ContextTooLong, match="The prompt alone is 9,000 tokens"):
+        check_room(loaded, 9000, 16)
+    assert loaded.lock.acquire(timeout=1)  # nothing started
+    loaded.lock.release()
