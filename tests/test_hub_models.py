@@ -267,6 +267,12 @@ def test_a_4bit_preset_downloads_loads_trains_chats_and_exports(app, app_hub):
     assert "quantization_config" not in merged_config and merged_config["vocab_size"] == 151936
 
 
+def test_the_llama_preset_loads_with_its_tokenizer_repaired_and_the_card_says_so(app):
+    url, _ = app
+    status = Client(url, verbose=False).predict(LLAMA_4BIT, False, 64, "auto", api_name="/load_model")
+    assert status.startswith("✓") and "| Tokenizer | repaired: it loaded as LlamaTokenizer" in status, status
+
+
 def test_gated_missing_and_offline_are_sentences_and_the_app_keeps_answering(app, app_hub):
     url, _ = app
     client = Client(url, verbose=False)
@@ -279,7 +285,7 @@ def test_gated_missing_and_offline_are_sentences_and_the_app_keeps_answering(app
     assert client.predict(GATED, False, 64, "auto", api_name="/load_model").startswith("✓")
 
     app_hub.stop()  # the network goes away
-    offline = client.predict(LLAMA_4BIT, False, 64, "auto", api_name="/load_model")
-    assert offline.startswith(f"⚠ {LLAMA_4BIT}: cannot be downloaded: the Hugging Face Hub cannot be reached")
-    cached = client.predict(QWEN_4BIT, False, 64, "auto", api_name="/load_model")  # downloaded before
-    assert cached.startswith("✓") and "4-bit NF4" in cached, cached
+    offline = client.predict(QWEN, False, 64, "auto", api_name="/load_model")  # never downloaded here
+    assert offline.startswith(f"⚠ {QWEN}: cannot be downloaded: the Hugging Face Hub cannot be reached"), offline
+    cached = client.predict(GATED, False, 64, "auto", api_name="/load_model")  # downloaded above
+    assert cached.startswith("✓") and f"| Model | {GATED} |" in cached, cached
