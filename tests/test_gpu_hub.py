@@ -112,6 +112,7 @@ def test_real_size_r1_qwen_from_the_hub_trains_evaluates_chats_and_exports(backe
 
     fields = GGUFReader(gguf_file).fields
     pre = bytes(fields["tokenizer.ggml.pre"].parts[-1]).decode()
+    assert pre == "deepseek-r1-qwen"  # what llama.cpp's own converter names this tokenizer
 
     steady = job.metrics[3:]
     report = {
