@@ -6,31 +6,17 @@ Screenshots of each tab are saved under test-artifacts/ for a person to look at.
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import CHROMIUM, ROOT
 
 from finetune.data import MCQ_FILE, SAMPLE_FILE
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 if not Path(CHROMIUM).exists() and not os.environ.get("CI"):  # CI installs it: there, a missing browser fails
     pytest.skip("Debian's chromium is not installed (apt install chromium)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ Gradio and the page all run as they do for a model. Screenshots go to test-artif
 import re
 import time
 
-import pytest
 from conftest import ROOT
-from test_browser import CHROMIUM, CHROMIUM_ARGS, open_tab
+from test_browser import open_tab
 
 ARTIFACTS = ROOT / "test-artifacts"
 LAST_WORDS = "so the last finding settles it"
@@ -46,16 +45,6 @@ class ScriptedDecoder:
             yield token
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays_usable(
         browser, app_server, monkeypatch):
     import inference.generate
@@ -75,8 +64,10 @@ def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays
     open_tab(page, "Chat")
     page.get_by_text("Generation settings").click()
     tokens = page.locator("#max-new-tokens input[type=number]")
-    tokens.fill("5000")
+    tokens.fill("4992")  # a multiple of the slider's step of 16
     tokens.press("Enter")
+    tokens.blur()  # the slider takes a typed number when its box loses focus; the range follows then
+    page.wait_for_function("() => document.querySelector('#max-new-tokens input[type=range]').value === '4992'")
     page.locator("#question textarea").fill("What reverses heparin?")
     page.locator("#send").click()
     bubble = page.locator("#chat-base .thought-group").first
@@ -117,8 +108,10 @@ def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays
     assert LAST_WORDS in content.inner_text() and "Step 1:" in content.inner_text()
     box = bubble.bounding_box()
     assert box["height"] < 0.6 * VIEWPORT["height"]
-    scroll = content.evaluate("c => [c.scrollHeight, c.clientHeight, getComputedStyle(c).overflowY]")
-    assert scroll[0] > 5 * scroll[1] and scroll[2] == "auto", scroll
+    # Opening animates (Gradio hides the overflow until it has grown): wait for the box to settle.
+    page.wait_for_function("""() => { const c = document.querySelector('#chat-base .thought-group > .content');
+                                      return getComputedStyle(c).overflowY === 'auto'
+                                             && c.scrollHeight > 5 * c.clientHeight; }""")
     answer.scroll_into_view_if_needed()
     answer_box, pane_box = answer.bounding_box(), page.locator("#chat-base").bounding_box()
     assert answer.is_visible() and answer_box["y"] >= box["y"] + box["height"] - 1
