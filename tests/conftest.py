@@ -109,6 +109,11 @@ def browser():
 @pytest.fixture(scope="module")
 def app_server(tmp_path_factory):
     """The app on 127.0.0.1 with its own workspace (nothing loaded), for one test module."""
+    yield from serve_app(tmp_path_factory)
+
+
+def serve_app(tmp_path_factory):
+    """Build and launch the app on a fresh workspace; yields (url, workspace), then closes it."""
     import app
     from finetune.workspace import Workspace
 

@@ -8,13 +8,16 @@ Gradio and the page all run as they do for a model. Screenshots go to test-artif
 import re
 import time
 
-from conftest import ROOT
+import pytest
+from conftest import ROOT, serve_app
 from test_browser import open_tab
 
 ARTIFACTS = ROOT / "test-artifacts"
 LAST_WORDS = "so the last finding settles it"
 ANSWER = "Final answer: protamine sulfate reverses heparin."
 VIEWPORT = {"width": 1400, "height": 1000}
+ROOM = 4992
+"""Max new tokens in this test: the 4,000-token reasoning and its answer fit."""
 
 
 def reasoning_script(tokenizer, tokens: int = 4000) -> tuple[list[int], int]:
@@ -45,12 +48,23 @@ class ScriptedDecoder:
             yield token
 
 
+@pytest.fixture(scope="module")
+def long_chat_app(tmp_path_factory):
+    """The app with room for the reasoning by default. The CPU default (a demo's 384 tokens) is raised
+    before the app is built: typing a number into the slider raced the Send click in CI."""
+    import inference.generate
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(inference.generate.CHAT_MAX_NEW_TOKENS, "cpu", ROOM)
+        yield from serve_app(tmp_path_factory)
+
+
 def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays_usable(
-        browser, app_server, monkeypatch):
+        browser, long_chat_app, monkeypatch):
     import inference.generate
     from finetune.config import ModelSettings
 
-    url, workspace = app_server
+    url, workspace = long_chat_app
     workspace.load(ModelSettings())
     ids, reasoning_tokens = reasoning_script(workspace.loaded.tokenizer)
     monkeypatch.setattr(inference.generate, "decoder_for",
@@ -62,12 +76,6 @@ def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays
     page.wait_for_selector("#model-status:has-text('Parameters')")
 
     open_tab(page, "Chat")
-    page.get_by_text("Generation settings").click()
-    tokens = page.locator("#max-new-tokens input[type=number]")
-    tokens.fill("4992")  # a multiple of the slider's step of 16
-    tokens.press("Enter")
-    tokens.blur()  # the slider takes a typed number when its box loses focus; the range follows then
-    page.wait_for_function("() => document.querySelector('#max-new-tokens input[type=range]').value === '4992'")
     page.locator("#question textarea").fill("What reverses heparin?")
     page.locator("#send").click()
     bubble = page.locator("#chat-base .thought-group").first
