@@ -56,10 +56,11 @@ def checked_tokenizer(tokenizer, path: str, token: str | None = None) -> tuple[o
             f"{broken[:24]!r}) and the model has no tokenizer.json to load instead; training on it would "
             "teach the model broken text"
         )
-    if round_trip(repaired) != PROBE:
+    still_broken = round_trip(repaired)
+    if still_broken != PROBE:
         raise TokenizerError(
             "the tokenizer does not give back the text it encodes, loaded either way "
-            f"({PROBE[:24]!r} decodes as {round_trip(repaired)[:24]!r}); training on it would teach the model "
+            f"({PROBE[:24]!r} decodes as {still_broken[:24]!r}); training on it would teach the model "
             "broken text"
         )
     _keep_settings(repaired, tokenizer)

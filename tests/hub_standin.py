@@ -589,3 +589,17 @@ def _handler_class(hub: HubStandin) -> type[BaseHTTPRequestHandler]:
             pass  # the requests are recorded in `hub.requests`; keep test output quiet
 
     return Handler
+
+
+def use_in_this_process(hub: HubStandin, monkeypatch, cache: Path) -> None:
+    """Point this process's huggingface_hub at `hub`, with an empty cache at `cache` and no token or
+    offline flag from the environment. huggingface_hub read HF_ENDPOINT at import, so its constants
+    are patched too (HfApi() and hf_hub_url read them per call)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)

@@ -23,7 +23,7 @@ import pytest
 import torch
 from conftest import SHARED_SAMPLE
 from hub_replicas import TOKENIZER_MISSING, build_replica, have_tokenizer
-from hub_standin import HubStandin
+from hub_standin import HubStandin, use_in_this_process
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               pytest.mark.skipif(not have_tokenizer(), reason=TOKENIZER_MISSING)]
@@ -43,19 +43,10 @@ def replica(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def standin_hub(replica, tmp_path, monkeypatch):
-    """This process downloads from the stand-in into an empty cache (huggingface_hub read HF_ENDPOINT
-    at import, so its constants are patched too)."""
-    from huggingface_hub import constants
-
+    """This process downloads from the stand-in into an empty cache."""
     with HubStandin() as hub:
         hub.add_model(REPO, replica)
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
+        use_in_this_process(hub, monkeypatch, tmp_path / "hf-cache")
         yield hub
 
 

@@ -13,7 +13,7 @@ from conftest import choose_sample_dataset, start_app
 from conftest import message_text as text
 from gradio_client import Client
 from hub_replicas import TOKENIZER_MISSING, build_replica, have_tokenizer
-from hub_standin import HubStandin
+from hub_standin import HubStandin, use_in_this_process
 
 pytestmark = pytest.mark.skipif(not have_tokenizer(), reason=TOKENIZER_MISSING)
 
@@ -51,16 +51,8 @@ def hub(replicas):
 
 @pytest.fixture
 def hub_env(hub, tmp_path, monkeypatch):
-    """This process talks to the stand-in, with an empty cache of its own. huggingface_hub read
-    HF_ENDPOINT at import, so its constants are patched too (HfApi() and hf_hub_url read them per call)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    for name in ("HF_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
+    """This process talks to the stand-in, with an empty cache of its own."""
+    use_in_this_process(hub, monkeypatch, tmp_path / "hf-cache")
     return hub
 
 
