@@ -36,6 +36,7 @@ from finetune.dashboard import (  # noqa: E402
 )
 from finetune.data import ROLES, DatasetError  # noqa: E402
 from finetune.eval_view import (  # noqa: E402
+    heldout_caption,
     metrics_headers,
     metrics_rows,
     published_markdown,
@@ -213,6 +214,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             train_log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train-log")
             train_eval = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], label="Held-out evaluation",
                                       interactive=False, elem_id="train-eval")
+            train_eval_source = gr.Markdown(elem_id="train-eval-source")
             timer = gr.Timer(1.0, active=False)
 
         with gr.Tab("Chat", id="chat"):
@@ -254,8 +256,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         "Not medical advice: these figures say how a model answers test questions, not whether "
                         "it is safe to use.")
             with gr.Row():
-                eval_source = gr.Dropdown(list(Workspace.EVALUATION_SOURCES), value="sample-mcq", label="Evaluate on",
-                                          elem_id="eval-source", scale=3)
+                sources = workspace.evaluation_sources()
+                eval_source = gr.Dropdown(sources, value="real" if workspace.real_rows else "sample-mcq",
+                                          label="Evaluate on", elem_id="eval-source", scale=3)
                 eval_upload = gr.File(label="Or a file: Question/Complex_CoT/Response rows, with options and "
                                       "answer_idx for multiple choice", file_types=[".jsonl", ".json", ".csv",
                                       ".parquet"], type="filepath", elem_id="eval-upload", scale=3)
@@ -414,6 +417,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 grad_frame,
                 log_lines(job),
                 _eval_frame((job.result or {}).get("eval") if job else None),
+                heldout_caption((job.result or {}).get("eval") if job else None, bool(workspace.real_rows)),
                 gr.Timer(active=workspace.training),
             )
 
@@ -532,7 +536,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         stop_button.click(stop, None, train_status, api_name="stop_training")
         resume_button.click(resume, resume_choice, [train_status, timer], api_name="resume_training")
         train_tab.select(refresh_runs, None, [resume_choice, runs_note], api_name="runs")
-        dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, train_eval, timer]
+        dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, train_eval,
+                             train_eval_source, timer]
         timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden", api_name="dashboard")
 
         chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
@@ -652,7 +657,8 @@ def main() -> None:
     settings = replace(settings, host=args.host, port=args.port, share=args.share, output_dir=Path(args.runs_dir),
                        preload=args.preload, allow_local_paths=args.allow_local_paths)
     device = default_device()
-    workspace = Workspace(settings.output_dir, allow_local_paths=settings.allow_local_paths)
+    workspace = Workspace(settings.output_dir, allow_local_paths=settings.allow_local_paths,
+                          real_rows=settings.real_rows)
     if settings.preload:  # in the background: the page is usable at once, and shows the model when it is ready
         threading.Thread(target=workspace.load, args=(ModelSettings(settings.preload),), daemon=True).start()
     demo = build_app(workspace, device, settings)

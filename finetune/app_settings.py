@@ -12,6 +12,8 @@ Read from the environment (a Space's "Variables", `docker run -e`), then the com
     FINETUNE_ALLOW_LOCAL_PATHS   1: visitors may type paths on this machine (model folder, dataset
                                  file). Off by default: on a shared Space that would let anyone read
                                  the server's files.
+    FINETUNE_REAL_ROWS           a file of real medical-o1 rows the Evaluate tab offers (default
+                                 ../shared/data/medical_o1_sample.jsonl where it exists)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.data import REAL_ROWS
 from finetune.models import PRESETS
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -39,6 +42,8 @@ class AppSettings:
     preload: str | None = None
     max_upload_mb: int = 50
     allow_local_paths: bool = False
+    real_rows: Path | None = None
+    """Real medical-o1 rows to evaluate on, never bundled or trained on; None: not offered."""
 
     @property
     def exports_dir(self) -> Path:
@@ -57,7 +62,18 @@ def settings_from_env(env: dict[str, str] | None = None) -> AppSettings:
         preload=env.get("FINETUNE_PRELOAD") or None,
         max_upload_mb=_number(env.get("FINETUNE_MAX_UPLOAD_MB") or "50", "FINETUNE_MAX_UPLOAD_MB"),
         allow_local_paths=_flag(env.get("FINETUNE_ALLOW_LOCAL_PATHS", ""), "FINETUNE_ALLOW_LOCAL_PATHS"),
+        real_rows=_real_rows(env.get("FINETUNE_REAL_ROWS", "")),
     )
+
+
+def _real_rows(text: str) -> Path | None:
+    """The operator's file (which must exist), else the shared real rows where they are present."""
+    if not text.strip():
+        return REAL_ROWS if REAL_ROWS.is_file() else None
+    path = Path(text.strip())
+    if not path.is_file():
+        raise SettingsError(f"FINETUNE_REAL_ROWS: no file at {text.strip()!r}")
+    return path
 
 
 def _number(text: str, name: str) -> int:

@@ -4,6 +4,7 @@ and one question in full. Pure functions of an evaluation report (or its JSON fo
 
 from __future__ import annotations
 
+from finetune.data import SAMPLE_FILE
 from finetune.evaluate import PUBLISHED, EvalReport, ItemResult
 
 TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
@@ -51,6 +52,20 @@ def eval_line(metrics: dict[str, dict]) -> str:
         if base.get(key) is not None and tuned.get(key) is not None:
             parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
     return " · ".join(parts)
+
+
+def heldout_caption(figures: dict | None, real_rows_offered: bool) -> str:
+    """Where the Train tab's held-out rows came from, and, for the bundled sample's, that they flatter."""
+    source = (figures or {}).get("source")
+    if not source:
+        return ""
+    line = f"Held out of this run: {source['rows']} rows of {source['dataset']}, never trained on."
+    if source["dataset"] != SAMPLE_FILE.name:
+        return line
+    where = ("the Evaluate tab's real medical-o1 rows say what it learned" if real_rows_offered
+             else "real medical-o1 rows (an upload in the Evaluate tab) would say what it learned")
+    return (f"{line} They come from the bundled sample the model trained on, so they share its shape and "
+            f"flatter the fine-tuned model; {where}.")
 
 
 def _verdict(result: ItemResult | None) -> str:

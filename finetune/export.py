@@ -132,6 +132,9 @@ def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:
     if evaluation.get("base") and evaluation.get("finetuned"):
         from finetune.eval_view import eval_line
 
-        lines.append(f"- Held-out evaluation ({evaluation['finetuned'].get('n')} rows): {eval_line(evaluation)}")
+        source = evaluation.get("source") or {}
+        rows = (f"{source['rows']} rows of {source['dataset']}" if source
+                else f"{evaluation['finetuned'].get('n')} rows")
+        lines.append(f"- Held-out evaluation ({rows}, never trained on): {eval_line(evaluation)}")
     lines += ["", "Made with cot-finetune."]
     return "\n".join(lines) + "\n"

@@ -49,6 +49,8 @@ class Workspace:
     """The template the current adapter learned: chat must prompt the same way."""
     allow_local_paths: bool = False
     """Whether a visitor may name a model folder of this machine (the operator's choice; off on a Space)."""
+    real_rows: Path | None = None
+    """Real medical-o1 rows the Evaluate tab offers (the operator's file, or ../shared's); None: not offered."""
     interrupted_runs: list[str] = field(default_factory=list, init=False)
     """Runs found "running" at start whose process had died, now marked incomplete."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -174,12 +176,15 @@ class Workspace:
         if stop is not None:
             stop.set()
 
-    EVALUATION_SOURCES = (
-        ("Held-out rows of the latest run (never trained on)", "heldout"),
-        ("Bundled multiple-choice questions (44)", "sample-mcq"),
-        ("Bundled clinical vignettes (64; the default training set, so not held out)", "sample"),
-        ("Upload a file", "upload"),
-    )
+    def evaluation_sources(self) -> list[tuple[str, str]]:
+        """(label, source) pairs for the Evaluate tab; the real medical-o1 rows first where there are some."""
+        real = ([(f"Real medical-o1 rows ({_count_lines(self.real_rows)}; HuatuoGPT-o1, never bundled or trained on)",
+                  "real")] if self.real_rows is not None else [])
+        return [*real,
+                ("Held-out rows of the latest run (never trained on)", "heldout"),
+                ("Bundled multiple-choice questions (44)", "sample-mcq"),
+                ("Bundled clinical vignettes (the default training set, so not held out)", "sample"),
+                ("Upload a file", "upload")]
 
     def _heldout_file(self) -> Path | None:
         if self.job is None or self.job.running:
@@ -233,14 +238,27 @@ class Workspace:
         self._measured(loaded, sum(r.reasoning_tokens + r.answer_tokens for r in answers),
                        sum(r.seconds for r in answers), "the last evaluation")
         done = "Stopped; the figures cover the questions answered so far." if report.stopped else "Done."
-        yield f"{done} {len(items)} questions from {Path(path).name}.", report
+        yield f"{done} {len(items)} questions from {Path(path).name}.{self._flattery_note(source)}", report
+
+    def _flattery_note(self, source: str) -> str:
+        """A plain warning when the rows share the bundled sample's shape, which the model was trained on."""
+        bundled = source == "sample" or (source == "heldout" and self.job is not None
+                                         and read_record(Path(self.job.output_dir)).get("dataset", {}).get("name")
+                                         == SAMPLE_FILE.name)
+        if not bundled:
+            return ""
+        better = " the real medical-o1 rows above say what it learned." if self.real_rows else (
+            " real medical-o1 rows (an upload) would say what it learned.")
+        return (" These rows come from the bundled sample the model was trained on, so they share its shape and "
+                "flatter the fine-tuned model:" + better)
 
     def _evaluation_file(self, source: str, upload: str | None) -> str:
         files = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "upload": upload,
-                 "heldout": str(self._heldout_file() or "")}
+                 "heldout": str(self._heldout_file() or ""), "real": str(self.real_rows or "")}
         path = files.get(source)
         if not path:
             raise WorkspaceError({"upload": "Upload a file first.",
+                                  "real": "No real medical-o1 rows on this server: upload such a file instead.",
                                   "heldout": "No finished run with held-out rows yet: train with “Hold out rows” "
                                              "above 0 first, or pick another source."}.get(source,
                                                                                            "Pick what to evaluate on."))
@@ -346,3 +364,8 @@ def _safe_name(name: str) -> str:
     """A run name fit for a folder: letters, digits, '-', '_' and '.' only, no path tricks."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.strip())
     return cleaned.strip(".-")[:64]
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as lines:
+        return sum(1 for line in lines if line.strip())

@@ -8,6 +8,7 @@ import pytest
 from conftest import message_text as text
 from gradio_client import Client, handle_file
 
+from finetune.data import SAMPLE_FILE
 from inference.chat import NO_ADAPTER, STOPPED
 
 QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?"
@@ -66,7 +67,7 @@ def test_a_file_with_a_missing_column_gets_a_message_and_the_app_keeps_answering
     _, _, (summary, *_) = pick_dataset(client, "upload", handle_file(str(path)))
     assert summary.startswith("⚠ no_answer.csv: missing column for the answer; columns found: Question, Complex_CoT")
     _, _, (summary, *_) = pick_dataset(client)
-    assert summary.startswith("**clinical_vignettes.jsonl**: 64 rows")
+    assert summary.startswith(f"**clinical_vignettes.jsonl**: {len(SAMPLE_FILE.read_text().splitlines())} rows")
 
 
 def test_chat_without_an_adapter_answers_in_the_base_pane_and_explains_the_other(url):

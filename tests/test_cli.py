@@ -7,6 +7,10 @@ import sys
 import pytest
 from conftest import ROOT
 
+from finetune.data import SAMPLE_FILE
+
+SAMPLE_ROWS = len(SAMPLE_FILE.read_text().splitlines())
+
 
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -103,7 +107,8 @@ def test_export_writes_a_merged_model_with_its_card(cli_run, tmp_path):
     assert json.loads(result.stdout.splitlines()[-1]) == {"format": "merged_16bit", "output": str(tmp_path / "merged")}
     card = (tmp_path / "merged" / "README.md").read_text()
     assert (tmp_path / "merged" / "model.safetensors").is_file()
-    assert "Not medical advice" in card and "3 steps" in card and "Held-out evaluation (2 rows)" in card
+    assert "Not medical advice" in card and "3 steps" in card
+    assert "Held-out evaluation (2 rows of clinical_vignettes.jsonl, never trained on)" in card
     again = run("finetune", "export", "--adapter", str(output), "--output", str(tmp_path / "merged"))
     assert again.returncode == 2 and "already exists" in again.stderr
 
@@ -129,7 +134,7 @@ def test_inference_decoders_write_the_same_greedy_answer():
         (["--dataset", "pyproject.toml"], "unsupported file type '.toml'"),
         (["--model", "./nowhere"], "no such local folder"),
         (["--max-steps", "ten"], "invalid int value: 'ten'"),
-        (["--holdout", "64"], "cannot hold out 64 of 64 rows"),
+        (["--holdout", str(SAMPLE_ROWS)], f"cannot hold out {SAMPLE_ROWS} of {SAMPLE_ROWS} rows"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
