@@ -4,6 +4,7 @@
     python -m bench chat --model qwen-1.5b --new-tokens 256
     python -m bench train --model embedded --steps 6 --warmup 2      # CPU: hf vs ours
     python -m bench curve --model qwen-1.5b --steps 30 --seeds 2     # same loss curve on real text?
+    python -m bench learn --out docs/bench-results/learn-embedded-cpu.json  # does the demo teach? (bench/learn.py)
 
 Each variant runs in its own process (Unsloth patches transformers for the whole process; `hf`
 runs with FINETUNE_NO_UNSLOTH=1). One JSON object per variant goes to --out, and a table is
@@ -26,7 +27,7 @@ VARIANTS = ("hf", "unsloth", "ours")
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("bench", choices=["train", "chat", "curve", "one"])
+    parser.add_argument("bench", choices=["train", "chat", "curve", "learn", "one"])
     parser.add_argument("--model", choices=list(MODELS), default="embedded")
     parser.add_argument("--variants", default=None, help="comma-separated; default hf,unsloth,ours (CPU: hf,ours)")
     parser.add_argument("--steps", type=int, default=12)
@@ -36,12 +37,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="curve: runs per variant (row orders)")
     parser.add_argument("--out", default=None, help="write the results as a JSON list here")
     parser.add_argument("--log-dir", default=None, help="keep each variant's output (stderr included) here")
+    learn = parser.add_argument_group("learn (the default demo, base vs fine-tuned on real medical-o1 rows)")
+    learn.add_argument("--recipe", default=None, help="default recipes/embedded-cpu-demo.yaml")
+    learn.add_argument("--eval-file", default=None, help="default ../shared/data/medical_o1_sample.jsonl")
+    learn.add_argument("--eval-rows", type=int, default=None, help="the first N real rows (default all)")
+    learn.add_argument("--train-steps", type=int, default=None, help="default: the recipe's")
+    learn.add_argument("--eval-new-tokens", type=int, default=None, help="default: the device's evaluation default")
     parser.add_argument("--what", default="train", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bench == "one":  # inside a child process: one measurement, one JSON line
         print("BENCH " + json.dumps(measure_one(args)), flush=True)
+        return
+    if args.bench == "learn":  # one process: it trains and evaluates one model
+        from bench.learn import main as learn_main
+
+        learn_main(args)
         return
     if args.steps <= args.warmup:
         parser.error("--steps must be larger than --warmup")

@@ -53,7 +53,7 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
     rows = map_columns(read_source(recipe.data.source), recipe.data.columns)
     data = tokenize_rows(rows, recipe.data, loaded.tokenizer, train.max_length)
     items = load_eval_items(str(eval_file), limit=eval_rows)
-    overlap = _shared_questions(rows.examples, items)
+    overlap = shared_questions(rows.examples, items)
     if overlap:
         raise SystemExit(f"{len(overlap)} evaluation questions are also training rows, e.g. {overlap[0][:80]!r}")
 
@@ -115,7 +115,7 @@ def check_goal(result: dict) -> dict:
     return {**goal, "all_met": all(check["met"] for check in goal.values())}
 
 
-def _shared_questions(examples, items) -> list[str]:
+def shared_questions(examples, items) -> list[str]:
     """Evaluation questions that are also training questions (whitespace and case aside)."""
     def key(text: str) -> str:
         return " ".join(text.lower().split())

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
     evaluate.add_argument("--adapter", default=None, help="a run folder or adapter folder: adds 'finetuned'")
     evaluate.add_argument("--dataset", default=None,
-                          help="'sample-mcq', 'sample', a file, or default: the run's heldout.jsonl (else sample-mcq)")
+                          help="'real' (medical-o1 rows in ../shared/data, never trained on), 'sample-mcq', "
+                               "'sample', a file, or default: the run's heldout.jsonl (else sample-mcq)")
     evaluate.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows")
     evaluate.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
@@ -340,12 +341,12 @@ def run_eval(args) -> int:
     from finetune.adapters import load_adapter, read_run_template
     from finetune.backend import default_device
     from finetune.config import ModelSettings
-    from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError
+    from finetune.data import MCQ_FILE, REAL_ROWS, SAMPLE_FILE, DatasetError
     from finetune.evaluate import EvalSettings, evaluate, load_eval_items
     from finetune.models import ModelLoadError, load_model
 
     source = args.dataset or _default_eval_source(args.adapter)
-    source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE)}.get(source, source)
+    source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "real": str(REAL_ROWS)}.get(source, source)
     try:
         given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
         settings = EvalSettings.for_device(default_device(), **{k: v for k, v in given.items() if v is not None},

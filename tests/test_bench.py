@@ -49,3 +49,51 @@ def test_smoke_run_measures_each_variant_and_prints_the_table(tmp_path):
         assert result["tokens_per_s"] > 0 and len(result["losses"]) == 2 and result["backend"] == "hf"
     assert results[0]["recipe"]["micro_batch_size"] == 2 and results[1]["recipe"]["micro_batch_size"] == 8
     assert done.stdout.splitlines()[-1].startswith("| ours | hf | 8x1 group_by_length |")
+
+
+def test_learn_trains_the_demo_then_measures_base_and_fine_tuned_on_real_rows_it_never_saw(tmp_path):
+    """A short `python -m bench learn`: the demo recipe for 4 steps, 4 real medical-o1 rows."""
+    out = tmp_path / "learn.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "learn", "--train-steps", "4", "--eval-rows", "4", "--eval-new-tokens", "24",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["train"]["dataset"] == "clinical_vignettes.jsonl" and result["train"]["steps"] == 4
+    assert result["eval"] == {**result["eval"], "source": SHARED_SAMPLE.name, "rows": 4, "shared_with_training": 0}
+    for model in ("base", "finetuned"):
+        figures = result[model]
+        assert figures["n"] == figures["mcq_n"] == 4 and figures["loss_tokens"] > 0
+        assert 0 <= figures["mcq_answered"] <= 4 and figures["mean_reasoning_tokens"] is not None
+    # Four steps of the demo already move the loss on real rows down: it learns their shape.
+    assert result["finetuned"]["heldout_loss"] < result["base"]["heldout_loss"]
+    assert result["bundled_heldout"]["finetuned"] < result["bundled_heldout"]["base"]
+    assert "| held-out loss (reasoning + answer) |" in done.stdout and "goal:" in done.stdout
+
+
+def test_learn_goal_is_judged_figure_by_figure():
+    from bench.learn import check_goal
+
+    def result(loss, fmt, accuracy, answered, minutes):
+        base = {"heldout_loss": 2.5, "format_adherence": 0.0, "mcq_accuracy": 0.2, "mcq_answered": 18, "mcq_n": 20}
+        tuned = {"heldout_loss": loss, "format_adherence": fmt, "mcq_accuracy": accuracy, "mcq_answered": answered,
+                 "mcq_n": 20}
+        return {"base": base, "finetuned": tuned, "train": {"wall_s": minutes * 60}}
+
+    assert check_goal(result(1.9, 0.85, 0.25, 18, 8))["all_met"]
+    verdicts = check_goal(result(2.1, 0.75, 0.15, 17, 11))
+    assert not verdicts["all_met"]
+    assert [name for name, check in verdicts.items() if name != "all_met" and not check["met"]] == [
+        "heldout_loss_drop", "format_adherence", "mcq_accuracy", "letter_named", "train_minutes"]
+    assert verdicts["heldout_loss_drop"]["measured"] == 0.16
+
+
+def test_learn_refuses_an_evaluation_row_that_was_trained_on():
+    from bench.learn import shared_questions
+    from finetune.data import EvalItem, Example
+
+    trained = [Example("A 30-year-old has  fever. Why?", "r", "a")]
+    items = [EvalItem("a 30-year-old has fever. why?"), EvalItem("Another question?")]
+    assert shared_questions(trained, items) == ["a 30-year-old has fever. why?"]

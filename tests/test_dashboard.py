@@ -44,3 +44,13 @@ def test_progress_line_while_running_after_a_stop_and_after_a_failure():
     failed.finish("failed", error="Out of memory. Lower the micro-batch size (now 8)")
     assert progress_line(failed) == "Failed at step 0/10. Out of memory. Lower the micro-batch size (now 8)"
     assert log_lines(failed).endswith("Lower the micro-batch size (now 8)")
+
+
+def test_the_held_out_caption_names_the_rows_and_warns_only_for_the_bundled_sample():
+    from finetune.eval_view import heldout_caption
+
+    own = heldout_caption({"source": {"dataset": "ward_notes.csv", "rows": 4}}, real_rows_offered=True)
+    assert own == "Held out of this run: 4 rows of ward_notes.csv, never trained on."
+    bundled = heldout_caption({"source": {"dataset": "clinical_vignettes.jsonl", "rows": 8}}, real_rows_offered=True)
+    assert "flatter the fine-tuned model; the Evaluate tab's real medical-o1 rows say what it learned" in bundled
+    assert heldout_caption(None, True) == heldout_caption({"base": {}}, True) == ""

@@ -1,10 +1,11 @@
 """The shared workspace of the app: one model, one run at a time, clear refusals, stop that saves."""
 
 import pytest
-from conftest import quick_lora, quick_train
+from conftest import SHARED_SAMPLE, needs_shared, quick_lora, quick_train
 
 from finetune.config import DataSettings, ModelSettings
 from finetune.data import map_columns, read_source
+from finetune.evaluate import EvalSettings
 from finetune.job import TrainingBusy
 from finetune.workspace import Workspace, WorkspaceError
 from inference.generate import GenerationSettings, ModelBusy
@@ -88,3 +89,22 @@ def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(works
     final = updates[-1]
     assert final["base"][-1]["content"] == STOPPED and final["tuned"] == []
     assert len(updates) < 15  # it ended within a few tokens of the Stop
+
+
+@needs_shared(SHARED_SAMPLE)
+def test_the_evaluate_tab_offers_real_medical_o1_rows_first_and_warns_on_the_bundled_sample(tmp_path):
+    space = Workspace(tmp_path / "runs", real_rows=SHARED_SAMPLE)
+    sources = space.evaluation_sources()
+    assert sources[0][1] == "real" and "120; HuatuoGPT-o1, never bundled or trained on" in sources[0][0]
+    space.load(ModelSettings())
+    settings = EvalSettings(limit=1, generate=False)
+    *_, (line, report) = space.evaluate("real", None, settings)
+    assert line == "Done. 1 questions from medical_o1_sample.jsonl." and report.metrics["base"]["heldout_loss"] > 0
+    *_, (line, _) = space.evaluate("sample", None, settings)
+    assert "so they share its shape and flatter the fine-tuned model: the real medical-o1 rows above" in line
+
+
+def test_without_real_rows_the_source_is_not_offered_and_asking_for_it_says_so(workspace):
+    assert "real" not in [source for _, source in workspace.evaluation_sources()]
+    with pytest.raises(WorkspaceError, match="No real medical-o1 rows on this server"):
+        next(workspace.evaluate("real", None, EvalSettings(limit=1, generate=False)))
