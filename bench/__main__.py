@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.learn import GENERATE_ROWS
 from bench.workload import MODELS
 
 VARIANTS = ("hf", "unsloth", "ours")
@@ -41,6 +42,8 @@ def main() -> None:
     learn.add_argument("--recipe", default=None, help="default recipes/embedded-cpu-demo.yaml")
     learn.add_argument("--eval-file", default=None, help="default ../shared/data/medical_o1_sample.jsonl")
     learn.add_argument("--eval-rows", type=int, default=None, help="the first N real rows (default all)")
+    learn.add_argument("--generate-rows", type=int, default=GENERATE_ROWS,
+                       help=f"of these, the first N answered (default {GENERATE_ROWS})")
     learn.add_argument("--train-steps", type=int, default=None, help="default: the recipe's")
     learn.add_argument("--eval-new-tokens", type=int, default=None, help="default: the device's evaluation default")
     parser.add_argument("--what", default="train", help=argparse.SUPPRESS)

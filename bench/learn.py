@@ -9,7 +9,8 @@ rows (`../shared/data/medical_o1_sample.jsonl`: HuatuoGPT-o1 rows, none of them 
 on; the bench checks that no question of theirs is among the training rows): held-out loss on the
 reference reasoning and answer, format adherence, multiple-choice accuracy and how many answers name
 a letter, mean reasoning length, and the wall time of each part. One JSON object goes to --out,
-with the goal of issue 16 checked figure by figure.
+with the goal of issue 16 checked figure by figure. The loss covers every row; answers (format,
+accuracy, letters, reasoning length) the first `--generate-rows` (40: about half an hour on 2 cores).
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ GOAL = {"heldout_loss_drop": 0.20, "format_adherence": 0.80, "train_minutes": 10
 training under 10 minutes; multiple-choice accuracy and letters named not below the base model's."""
 
 
+GENERATE_ROWS = 40
+"""Questions answered by each model: on 2 cores one takes about 25 s (base) to 30 s (fine-tuned), so
+all 120 take about 1 h 50 min; the held-out loss is computed on every row."""
+
+
 def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval_rows: int | None = None,
-              max_steps: int | None = None, max_new_tokens: int | None = None, out_dir: Path | None = None) -> dict:
+              generate_rows: int = GENERATE_ROWS, max_steps: int | None = None, max_new_tokens: int | None = None,
+              out_dir: Path | None = None) -> dict:
     """Train the recipe and measure base vs fine-tuned on `eval_file`; the result as one dict."""
     from finetune.data import read_source
-    from finetune.evaluate import EvalSettings, evaluate, load_eval_items
+    from finetune.evaluate import EvalSettings, generate_answers, held_out_loss, load_eval_items, summarize
     from finetune.formats import tokenize_rows
     from finetune.models import load_model
     from finetune.recipe import load_recipe
@@ -71,7 +78,11 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
     if max_new_tokens is not None:
         settings = replace(settings, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    report = evaluate(loaded, items, settings)
+    figures = {}
+    for name, use_adapter in (("base", False), ("finetuned", True)):
+        loss, tokens = held_out_loss(loaded, items, settings, use_adapter)
+        answers = generate_answers(loaded, items[:generate_rows], settings, use_adapter)
+        figures[name] = summarize(answers, loss, tokens)
     eval_s = time.perf_counter() - started
     losses = [m["loss"] for m in job.metrics]
     result = {
@@ -82,11 +93,12 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
         "train": {"dataset": data.name, "rows": len(data.rows), "steps": job.metrics[-1]["step"],
                   "trained_tokens_per_pass": data.stats.trained_tokens, "loss_first": losses[0],
                   "loss_last": losses[-1], "wall_s": round(train_s, 1), **_settings(train, recipe.lora)},
-        "eval": {"source": eval_file.name, "rows": len(items), "shared_with_training": 0,
+        "eval": {"source": eval_file.name, "rows": len(items), "generated_rows": min(generate_rows, len(items)),
+                 "shared_with_training": 0,
                  "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
                  "wall_s": round(eval_s, 1)},
-        "base": report.metrics["base"],
-        "finetuned": report.metrics["finetuned"],
+        "base": figures["base"],
+        "finetuned": figures["finetuned"],
         "bundled_heldout": {name: bundled.get(name, {}).get("heldout_loss") for name in ("base", "finetuned")},
         "load_s": round(load_s, 1),
     }
@@ -141,7 +153,8 @@ def table(result: dict) -> str:
     lines = [
         f"{result['model']} on {result['device']}: {result['train']['rows']} bundled rows, "
         f"{result['train']['steps']} steps in {result['train']['wall_s'] / 60:.1f} min; "
-        f"evaluated on {result['eval']['rows']} real rows of {result['eval']['source']} (none trained on)",
+        f"evaluated on {result['eval']['rows']} real rows of {result['eval']['source']} (none trained on; "
+        f"the first {result['eval']['generated_rows']} answered)",
         "",
         "| on real medical-o1 rows | base | fine-tuned |",
         "| --- | --- | --- |",
@@ -162,7 +175,8 @@ def table(result: dict) -> str:
 def main(args) -> None:
     result = run_learn(Path(args.recipe) if args.recipe else DEMO_RECIPE,
                        Path(args.eval_file) if args.eval_file else REAL_ROWS,
-                       eval_rows=args.eval_rows, max_steps=args.train_steps, max_new_tokens=args.eval_new_tokens)
+                       eval_rows=args.eval_rows, generate_rows=args.generate_rows, max_steps=args.train_steps,
+                       max_new_tokens=args.eval_new_tokens)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

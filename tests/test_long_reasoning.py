@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT, serve_app
 from test_browser import open_tab
 
+from finetune.config import EVAL_MAX_NEW_TOKENS
+
 ARTIFACTS = ROOT / "test-artifacts"
 LAST_WORDS = "so the last finding settles it"
 ANSWER = "Final answer: protamine sulfate reverses heparin."
@@ -92,7 +94,8 @@ def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays
     page.wait_for_function("() => document.querySelector('#question textarea').value === 'And the dose?'")
     responded = time.perf_counter() - began
     assert spinner.count() == 1, "the stream ended before the page was tried: make it longer"
-    assert "guessed from the model's size" in estimate and "8 questions × 1 model × up to 512 tokens" in estimate
+    assert "guessed from the model's size" in estimate
+    assert f"8 questions × 1 model × up to {EVAL_MAX_NEW_TOKENS['cpu']} tokens" in estimate
     # While it streams, the growing reasoning scrolls inside a bounded bubble.
     page.wait_for_function("""() => { const c = document.querySelector('#chat-base .thought-group > .content');
                                       return c && c.scrollHeight > 2 * c.clientHeight; }""")
