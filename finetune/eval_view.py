@@ -60,12 +60,17 @@ def heldout_caption(figures: dict | None, real_rows_offered: bool) -> str:
     if not source:
         return ""
     line = f"Held out of this run: {source['rows']} rows of {source['dataset']}, never trained on."
-    if source["dataset"] != SAMPLE_FILE.name:
-        return line
+    return " ".join(filter(None, [line, flattery_note(source["dataset"], real_rows_offered)]))
+
+
+def flattery_note(dataset: str, real_rows_offered: bool) -> str:
+    """For rows of the bundled sample, a plain warning that their figures flatter a model trained on it."""
+    if dataset != SAMPLE_FILE.name:
+        return ""
     where = ("the Evaluate tab's real medical-o1 rows say what it learned" if real_rows_offered
              else "real medical-o1 rows (an upload in the Evaluate tab) would say what it learned")
-    return (f"{line} They come from the bundled sample the model trained on, so they share its shape and "
-            f"flatter the fine-tuned model; {where}.")
+    return (f"These rows come from the bundled sample the model trained on, so they share its shape and flatter "
+            f"the fine-tuned model; {where}.")
 
 
 def _verdict(result: ItemResult | None) -> str:

@@ -23,6 +23,7 @@ from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSett
 from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, LoadedRows, write_rows
 from finetune.download import Progress
 from finetune.eval_estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
+from finetune.eval_view import flattery_note
 from finetune.evaluate import EvalReport, EvalSettings
 from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
@@ -183,7 +184,7 @@ class Workspace:
         return [*real,
                 ("Held-out rows of the latest run (never trained on)", "heldout"),
                 ("Bundled multiple-choice questions (44)", "sample-mcq"),
-                ("Bundled clinical vignettes (the default training set, so not held out)", "sample"),
+                ("Bundled sample (the default training set, so not held out)", "sample"),
                 ("Upload a file", "upload")]
 
     def _heldout_file(self) -> Path | None:
@@ -241,16 +242,12 @@ class Workspace:
         yield f"{done} {len(items)} questions from {Path(path).name}.{self._flattery_note(source)}", report
 
     def _flattery_note(self, source: str) -> str:
-        """A plain warning when the rows share the bundled sample's shape, which the model was trained on."""
-        bundled = source == "sample" or (source == "heldout" and self.job is not None
-                                         and read_record(Path(self.job.output_dir)).get("dataset", {}).get("name")
-                                         == SAMPLE_FILE.name)
-        if not bundled:
-            return ""
-        better = " the real medical-o1 rows above say what it learned." if self.real_rows else (
-            " real medical-o1 rows (an upload) would say what it learned.")
-        return (" These rows come from the bundled sample the model was trained on, so they share its shape and "
-                "flatter the fine-tuned model:" + better)
+        """For the bundled sample's rows (its file, or a run's held out of it), that they flatter the model."""
+        dataset = SAMPLE_FILE.name if source == "sample" else ""
+        if source == "heldout" and self.job is not None:
+            dataset = read_record(Path(self.job.output_dir)).get("dataset", {}).get("name", "")
+        note = flattery_note(dataset, self.real_rows is not None)
+        return f" {note}" if note else ""
 
     def _evaluation_file(self, source: str, upload: str | None) -> str:
         files = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "upload": upload,

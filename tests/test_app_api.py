@@ -130,8 +130,8 @@ def test_a_run_holds_rows_out_and_the_evaluate_tab_compares_on_them(url, app_ser
     assert workspace.job.wait(timeout=600) and workspace.job.status == "done", workspace.job.error
     _, status, *_, eval_table, source, _ = client.predict(api_name="/dashboard")
     assert "held-out loss" in status  # e.g. "held-out loss 2.712 → 2.604 (-4%)"
-    assert source.startswith("Held out of this run: 3 rows of clinical_vignettes.jsonl, never trained on. They come "
-                             "from the bundled sample the model trained on, so they share its shape and flatter")
+    assert source.startswith("Held out of this run: 3 rows of clinical_vignettes.jsonl, never trained on. These rows "
+                             "come from the bundled sample the model trained on, so they share its shape and flatter")
     measures = [row[0] for row in eval_table["data"]]
     assert measures[0].startswith("Held-out loss") and eval_table["headers"] == ["Measure", "Base", "Fine-tuned"]
 

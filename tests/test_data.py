@@ -32,7 +32,29 @@ def test_bundled_sample_is_large_enough_and_labelled():
 def test_sample_preset_maps_medical_o1_columns():
     loaded = load_examples("sample")
     assert loaded.mapping.as_dict() == {"question": "Question", "reasoning": "Complex_CoT", "answer": "Response"}
-    assert loaded.examples[0].reasoning.startswith("Okay")
+    assert loaded.examples[0].reasoning == read_records(SAMPLE_FILE)[0]["Complex_CoT"]
+
+
+def test_bundled_sample_has_medical_o1s_shape_and_lettered_answers_the_evaluation_reads():
+    import re
+    import statistics
+    from collections import Counter
+
+    from finetune.data import MCQ_INSTRUCTION
+    from finetune.evaluate import extract_choice
+
+    rows = read_records(SAMPLE_FILE)
+    open_rows = [r for r in rows if not r["Question"].startswith(MCQ_INSTRUCTION)]
+    assert 1800 <= statistics.median(len(r["Complex_CoT"]) for r in open_rows) <= 2800  # medical-o1: about 2,260
+    assert 400 <= statistics.median(len(r["Response"]) for r in open_rows) <= 900  # medical-o1: about 620
+    openings = Counter(r["Complex_CoT"].split(".")[0] for r in rows)
+    assert len(openings) > len(rows) / 2 and openings.most_common(1)[0][1] < len(rows) / 10
+    lettered = [r for r in rows if r["Question"].startswith(MCQ_INSTRUCTION)]
+    assert len(lettered) >= len(rows) / 5
+    for row in lettered:
+        options = dict(re.findall(r"^([A-D])\. (.+)$", row["Question"], re.M))
+        assert list(options) == ["A", "B", "C", "D"], row["Question"]
+        assert extract_choice(row["Response"], options) is not None, row["Response"][:80]
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,20 @@ def test_settings_come_from_the_environment():
     assert not default.allow_local_paths and default.presets[0] == "embedded" and default.max_upload_mb == 50
 
 
+def test_the_operator_names_the_real_rows_the_evaluate_tab_offers(tmp_path):
+    rows = tmp_path / "huatuo.jsonl"
+    rows.write_text('{"Question": "Q?", "Complex_CoT": "R", "Response": "A"}\n')
+    assert settings_from_env({"FINETUNE_REAL_ROWS": str(rows)}).real_rows == rows
+    shared = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"  # the default, where present
+    assert settings_from_env({}).real_rows == (shared if shared.is_file() else None)
+
+
 @pytest.mark.parametrize("env, message", [
     ({"PORT": "http"}, "PORT must be a whole number above 0, not 'http'"),
     ({"FINETUNE_MAX_UPLOAD_MB": "0"}, "FINETUNE_MAX_UPLOAD_MB must be a whole number"),
     ({"FINETUNE_ALLOW_LOCAL_PATHS": "maybe"}, "FINETUNE_ALLOW_LOCAL_PATHS must be 1 or 0"),
     ({"FINETUNE_PRESETS": "embedded,gpt-9"}, "unknown preset 'gpt-9'; the presets are embedded"),
+    ({"FINETUNE_REAL_ROWS": "/nowhere/rows.jsonl"}, "FINETUNE_REAL_ROWS: no file at '/nowhere/rows.jsonl'"),
 ])
 def test_a_bad_setting_is_named(env, message):
     with pytest.raises(SettingsError, match=message):

@@ -101,7 +101,7 @@ def test_the_evaluate_tab_offers_real_medical_o1_rows_first_and_warns_on_the_bun
     *_, (line, report) = space.evaluate("real", None, settings)
     assert line == "Done. 1 questions from medical_o1_sample.jsonl." and report.metrics["base"]["heldout_loss"] > 0
     *_, (line, _) = space.evaluate("sample", None, settings)
-    assert "so they share its shape and flatter the fine-tuned model: the real medical-o1 rows above" in line
+    assert "so they share its shape and flatter the fine-tuned model; the Evaluate tab's real medical-o1 rows" in line
 
 
 def test_without_real_rows_the_source_is_not_offered_and_asking_for_it_says_so(workspace):
