@@ -38,7 +38,7 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
               generate_rows: int = GENERATE_ROWS, max_steps: int | None = None, max_new_tokens: int | None = None,
               out_dir: Path | None = None) -> dict:
     """Train the recipe and measure base vs fine-tuned on `eval_file`; the result as one dict."""
-    from finetune.data import read_source
+    from finetune.data import map_columns, read_source
     from finetune.evaluate import EvalSettings, generate_answers, held_out_loss, load_eval_items, summarize
     from finetune.formats import tokenize_rows
     from finetune.models import load_model
@@ -54,9 +54,6 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
         train = replace(train, max_steps=max_steps)
     loaded = load_model(recipe.model)
     load_s = time.perf_counter() - began
-
-    from finetune.data import map_columns
-
     rows = map_columns(read_source(recipe.data.source), recipe.data.columns)
     data = tokenize_rows(rows, recipe.data, loaded.tokenizer, train.max_length)
     items = load_eval_items(str(eval_file), limit=eval_rows)

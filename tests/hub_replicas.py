@@ -176,3 +176,12 @@ def _write_extra_files(repo_id: str, folder: Path) -> None:
             path.write_bytes(b"\xff\xd8\xff\xe0" + bytes(4096))  # an image: binary, so it goes to LFS
         else:
             path.write_text(f"# {repo_id}\n\nA replica for tests: random weights.\n")
+
+
+def real_size_replica(repo_id: str, root: Path) -> Path:
+    """A real-size replica of `repo_id` under `root` (GPU tests), built on the GPU once: a folder that
+    already holds one (GPU_REPLICA_DIR shared by the tests of one device run) is used as it is."""
+    folder = Path(root) / repo_id.replace("/", "--")
+    if not (folder / "model.safetensors").is_file():
+        build_replica(repo_id, folder, real_size=True, device="cuda")
+    return folder

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_SAMPLE
-from hub_replicas import TOKENIZER_MISSING, build_replica, have_tokenizer
+from hub_replicas import TOKENIZER_MISSING, have_tokenizer, real_size_replica
 from hub_standin import HubStandin, use_in_this_process
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -34,11 +34,7 @@ QUESTION = "A 24-year-old has fever, neck stiffness and a petechial rash. What i
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory) -> Path:
-    root = Path(os.environ.get("GPU_REPLICA_DIR") or tmp_path_factory.mktemp("replica"))
-    folder = root / REPO.replace("/", "--")
-    if not (folder / "model.safetensors").is_file():
-        build_replica(REPO, folder, real_size=True, device="cuda")
-    return folder
+    return real_size_replica(REPO, Path(os.environ.get("GPU_REPLICA_DIR") or tmp_path_factory.mktemp("replica")))
 
 
 @pytest.fixture

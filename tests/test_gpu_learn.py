@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import R1_TOKENIZER, SHARED_SAMPLE, needs_shared
-from hub_replicas import build_replica
+from hub_replicas import real_size_replica
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
               needs_shared(R1_TOKENIZER, SHARED_SAMPLE)]
@@ -32,11 +32,7 @@ MAX_LENGTH = 2048
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory) -> Path:
-    root = Path(os.environ.get("GPU_REPLICA_DIR") or tmp_path_factory.mktemp("replica"))
-    folder = root / REPO.replace("/", "--")
-    if not (folder / "model.safetensors").is_file():
-        build_replica(REPO, folder, real_size=True, device="cuda")
-    return folder
+    return real_size_replica(REPO, Path(os.environ.get("GPU_REPLICA_DIR") or tmp_path_factory.mktemp("replica")))
 
 
 def test_the_fast_recipe_lowers_training_and_held_out_loss(replica: Path, tmp_path: Path) -> None:
