@@ -26,7 +26,16 @@ import pandas as pd  # noqa: E402
 
 from finetune import app_settings  # noqa: E402
 from finetune.app_settings import AppSettings, SettingsError, settings_from_env  # noqa: E402
-from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device  # noqa: E402
+from finetune.bounds import Range, range_of  # noqa: E402
+from finetune.config import (  # noqa: E402
+    OPTIMIZERS,
+    SCHEDULERS,
+    DataSettings,
+    LoraSettings,
+    ModelSettings,
+    TrainSettings,
+    lora_for_device,
+)
 from finetune.dashboard import (  # noqa: E402
     log_lines,
     loss_rows,
@@ -53,6 +62,15 @@ from finetune.preview import preview_dataset, read_dataset  # noqa: E402
 from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
 from inference.chat import conversation, speed_summary  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
+from ui.fields import (  # noqa: E402
+    ChatPane,
+    CheckboxField,
+    DropdownField,
+    NumberField,
+    RadioField,
+    SliderField,
+    TextField,
+)
 
 TITLE = "Chain-of-thought fine-tuning"
 DISCLAIMER = (
@@ -103,6 +121,7 @@ EXPORT_CHOICES = {
 
 def build_app(workspace: Workspace, device: str, settings: AppSettings | None = None) -> gr.Blocks:
     settings = settings or AppSettings()
+    limits = workspace.text_limits
     train = TrainSettings.for_device(device)
     lora = lora_for_device(device)
     model_max_length = train.max_length
@@ -115,22 +134,23 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Model", id="model"):
             with gr.Row():
-                model_name = gr.Dropdown(
+                model_name = DropdownField(
                     [(f"{name}: {PRESETS[name]}", name) for name in settings.presets],
                     value=settings.presets[0],
                     allow_custom_value=True,
                     label="Model",
+                    max_chars=limits.model_id,
                     info="A preset, any Hub repo id (owner/name)"
                     + (", or a model folder on this machine" if settings.allow_local_paths else ""),
                     scale=3,
                 )
-                load_4bit = gr.Checkbox(device == "cuda", label="Load in 4-bit (NF4)",
+                load_4bit = CheckboxField(device == "cuda", label="Load in 4-bit (NF4)",
                                         info="Pre-quantized repos are always 4-bit")
-                max_length = gr.Number(model_max_length, precision=0, minimum=64, maximum=32768,
-                                       label="Max length (tokens)",
+                max_length = NumberField(model_max_length, bound=range_of(TrainSettings, "max_length"),
+                                         label="Max length (tokens)",
                                        info="Rows longer than this are truncated in training and preview")
             with gr.Accordion("Advanced", open=False):
-                backend = gr.Radio(["auto", "hf", "unsloth"], value="auto", label="Backend",
+                backend = RadioField(["auto", "hf", "unsloth"], value="auto", label="Backend",
                                    info="auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT")
             load_button = gr.Button("Load model", variant="primary")
             model_status = gr.Markdown("No model loaded yet: pick one and press **Load model**.",
@@ -139,17 +159,17 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Dataset", id="dataset"):
             with gr.Row():
-                source = gr.Radio(SOURCES, value="sample", label="Dataset", scale=2)
-                split = gr.Textbox("train[0:500]", label="Hub split (slice)", visible=False)
+                source = RadioField(SOURCES, value="sample", label="Dataset", scale=2)
+                split = TextField("train[0:500]", max_chars=limits.split, label="Hub split (slice)", visible=False)
             upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {settings.max_upload_mb} MB)",
                              visible=False, elem_id="dataset-upload")
             with gr.Row():
-                role_pickers = [gr.Dropdown([NONE], value=NONE, label=f"{role} column", allow_custom_value=True)
-                                for role in ROLES]
+                role_pickers = [DropdownField([NONE], value=NONE, label=f"{role} column", allow_custom_value=True,
+                                              max_chars=1000) for role in ROLES]
             with gr.Row():
-                template = gr.Radio(TEMPLATES, value="chat", label="Training text template", scale=2)
-                preview_index = gr.Number(1, precision=0, minimum=1, label="Preview row", scale=1)
-            system_prompt = gr.Textbox("", label="System prompt (optional)", lines=1)
+                template = RadioField(TEMPLATES, value="chat", label="Training text template", scale=2)
+                preview_index = NumberField(1, bound=Range(1, 10_000_000), label="Preview row", scale=1)
+            system_prompt = TextField("", max_chars=limits.system_prompt, label="System prompt (optional)", lines=1)
             dataset_status = gr.Markdown(elem_id="dataset-status")
             examples_table = gr.Dataframe(headers=["question", "reasoning", "answer"], interactive=False,
                                           wrap=True, max_height=320, label="First rows",
@@ -163,32 +183,35 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Train", id="train") as train_tab:
             with gr.Row():
-                max_steps = gr.Number(train.max_steps, precision=0, minimum=1, label="Max steps")
-                learning_rate = gr.Number(train.learning_rate, minimum=0, label="Learning rate")
-                micro_batch = gr.Slider(1, 32, train.micro_batch_size, step=1, label="Micro-batch size")
-                grad_accum = gr.Slider(1, 64, train.grad_accum_steps, step=1, label="Gradient accumulation")
+                max_steps = NumberField(train.max_steps, bound=range_of(TrainSettings, "max_steps"), label="Max steps")
+                learning_rate = NumberField(train.learning_rate, bound=range_of(TrainSettings, "learning_rate"),
+                                            label="Learning rate")
+                micro_batch = SliderField(train.micro_batch_size, bound=range_of(TrainSettings, "micro_batch_size"),
+                                          label="Micro-batch size")
+                grad_accum = SliderField(train.grad_accum_steps, bound=range_of(TrainSettings, "grad_accum_steps"),
+                                         label="Gradient accumulation")
             with gr.Row():
-                lora_r = gr.Dropdown([4, 8, 16, 32, 64, 128], value=lora.r, label="LoRA rank r")
-                lora_alpha = gr.Number(lora.alpha, precision=0, minimum=1, label="LoRA alpha")
-                lora_dropout = gr.Number(lora.dropout, minimum=0, maximum=0.9, label="LoRA dropout")
-                warmup = gr.Number(train.warmup_steps, precision=0, minimum=0, label="Warm-up steps")
+                lora_r = DropdownField([4, 8, 16, 32, 64, 128], value=lora.r, label="LoRA rank r")
+                lora_alpha = NumberField(lora.alpha, bound=range_of(LoraSettings, "alpha"), label="LoRA alpha")
+                lora_dropout = NumberField(lora.dropout, bound=range_of(LoraSettings, "dropout"), label="LoRA dropout")
+                warmup = NumberField(train.warmup_steps, bound=range_of(TrainSettings, "warmup_steps"),
+                                     label="Warm-up steps")
             with gr.Row():
-                scheduler = gr.Dropdown(["linear", "cosine", "constant"], value=train.lr_scheduler,
-                                        label="LR schedule")
-                optimizer = gr.Dropdown(["adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor"],
-                                        value=train.optimizer, label="Optimizer")
-                sampling = gr.Dropdown([("similar lengths together", "group_by_length"), ("random", "random")],
-                                       value=train.sampling, label="Batches")
-                checkpointing = gr.Checkbox(lora.gradient_checkpointing, label="Gradient checkpointing")
-                fp8 = gr.Checkbox(train.fp8_matmuls, label="FP8 base matmuls",
-                                  info="Ada/Hopper GPU, 8B-class model; 16-bit elsewhere", elem_id="fp8-matmuls")
-                seed = gr.Number(train.seed, precision=0, label="Seed")
-                run_name = gr.Textbox("", label="Run name (a folder in the app's output folder)",
-                                      placeholder="automatic")
+                scheduler = DropdownField(list(SCHEDULERS), value=train.lr_scheduler, label="LR schedule")
+                optimizer = DropdownField(list(OPTIMIZERS), value=train.optimizer, label="Optimizer")
+                sampling = DropdownField([("similar lengths together", "group_by_length"), ("random", "random")],
+                                         value=train.sampling, label="Batches")
+                checkpointing = CheckboxField(lora.gradient_checkpointing, label="Gradient checkpointing")
+                fp8 = CheckboxField(train.fp8_matmuls, label="FP8 base matmuls",
+                                    info="Ada/Hopper GPU, 8B-class model; 16-bit elsewhere", elem_id="fp8-matmuls")
+                seed = NumberField(train.seed, bound=range_of(TrainSettings, "seed"), label="Seed")
+                run_name = TextField("", max_chars=limits.name, label="Run name (a folder in the app's output folder)",
+                                     placeholder="automatic")
             with gr.Row():
-                holdout = gr.Number(8, precision=0, minimum=0, label="Hold out rows (never trained on; evaluated "
-                                    "base vs fine-tuned at the end)", elem_id="holdout")
-                eval_answers = gr.Checkbox(True, label="At the end, also generate answers for the held-out rows "
+                holdout = NumberField(8, bound=range_of(DataSettings, "holdout_rows"),
+                                      label="Hold out rows (never trained on; evaluated base vs fine-tuned at the end)",
+                                      elem_id="holdout")
+                eval_answers = CheckboxField(True, label="At the end, also generate answers for the held-out rows "
                                            "(format and accuracy; takes longer than the loss alone)")
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
@@ -198,8 +221,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 gr.Markdown("A run saves a checkpoint ten times along the way and when it is stopped. Resume goes on "
                             "from the last one, with the run's own rows and settings, on the loaded model.")
                 with gr.Row():
-                    resume_choice = gr.Dropdown(_resumable_runs(workspace), label="Run", elem_id="resume-run",
-                                                scale=3)
+                    resume_choice = DropdownField(_resumable_runs(workspace), optional=True, label="Run",
+                                                  elem_id="resume-run", scale=3)
                     resume_button = gr.Button("Resume", elem_id="resume-training", scale=1)
                 runs_note = gr.Markdown(_interrupted_note(workspace), elem_id="runs-note")
             progress_bar = gr.HTML(_progress_html(0.0), elem_id="train-progress")
@@ -219,14 +242,15 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Chat", id="chat"):
             gr.Markdown(DISCLAIMER)
-            mode = gr.Radio(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
+            mode = RadioField(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
             with gr.Row():
-                base_chat = gr.Chatbot(label="Base model (adapter off)", elem_id="chat-base", height=460,
-                                       buttons=["copy"])
-                tuned_chat = gr.Chatbot(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
-                                        buttons=["copy"])
-            question = gr.Textbox(label="Question", placeholder="Describe a clinical case or ask a question…",
-                                  lines=2, elem_id="question")
+                base_chat = ChatPane(label="Base model (adapter off)", elem_id="chat-base", height=460,
+                                     buttons=["copy"])
+                tuned_chat = ChatPane(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
+                                      buttons=["copy"])
+            question = TextField(max_chars=limits.message, label="Question",
+                                 placeholder="Describe a clinical case or ask a question…",
+                                 lines=2, elem_id="question")
             with gr.Row():
                 send_button = gr.Button("Send", variant="primary", elem_id="send")
                 chat_stop_button = gr.Button("Stop", variant="stop", elem_id="stop-chat")
@@ -235,18 +259,23 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             gr.Examples(EXAMPLE_QUESTIONS, inputs=question, label="Example questions")
             with gr.Accordion("Generation settings (DeepSeek-R1 defaults)", open=False):
                 with gr.Row():
-                    max_new_tokens = gr.Slider(16, 16384, chat_defaults.max_new_tokens, step=16,
-                                               label="Max new tokens (reasoning included)", elem_id="max-new-tokens")
-                    temperature = gr.Slider(0.0, 1.5, chat_defaults.temperature, step=0.05,
-                                            label="Temperature (0: greedy)")
-                    top_p = gr.Slider(0.05, 1.0, chat_defaults.top_p, step=0.05, label="Top-p")
-                    repetition_penalty = gr.Slider(1.0, 2.0, chat_defaults.repetition_penalty, step=0.05,
-                                                   label="Repetition penalty")
-                    chat_seed = gr.Number(chat_defaults.seed, precision=0, label="Seed (same for both panes)")
+                    max_new_tokens = SliderField(chat_defaults.max_new_tokens,
+                                                 bound=range_of(GenerationSettings, "max_new_tokens"),
+                                                 label="Max new tokens (reasoning included)", elem_id="max-new-tokens")
+                    temperature = SliderField(chat_defaults.temperature,
+                                              bound=range_of(GenerationSettings, "temperature"),
+                                              label="Temperature (0: greedy)")
+                    top_p = SliderField(chat_defaults.top_p, bound=range_of(GenerationSettings, "top_p"), label="Top-p")
+                    repetition_penalty = SliderField(chat_defaults.repetition_penalty,
+                                                     bound=range_of(GenerationSettings, "repetition_penalty"),
+                                                     label="Repetition penalty")
+                    chat_seed = NumberField(chat_defaults.seed, bound=range_of(GenerationSettings, "seed"),
+                                            label="Seed (same for both panes)")
                 with gr.Row():
-                    chat_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
-                                              ("### template", "plain")], value="auto", label="Prompt template")
-                    chat_system = gr.Textbox("", label="System prompt (R1 advice: leave empty)")
+                    chat_template = RadioField([("Same as training", "auto"), ("Chat template", "chat"),
+                                                ("### template", "plain")], value="auto", label="Prompt template")
+                    chat_system = TextField("", max_chars=limits.system_prompt,
+                                            label="System prompt (R1 advice: leave empty)")
 
         with gr.Tab("Evaluate", id="evaluate") as eval_tab:
             gr.Markdown("Base vs fine-tuned on questions the adapter never trained on: held-out loss, whether the "
@@ -257,16 +286,19 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         "it is safe to use.")
             with gr.Row():
                 sources = workspace.evaluation_sources()
-                eval_source = gr.Dropdown(sources, value="real" if workspace.real_rows else "sample-mcq",
-                                          label="Evaluate on", elem_id="eval-source", scale=3)
+                eval_source = DropdownField(sources, optional=True,
+                                            value="real" if workspace.real_rows else "sample-mcq",
+                                            label="Evaluate on", elem_id="eval-source", scale=3)
                 eval_upload = gr.File(label="Or a file: Question/Complex_CoT/Response rows, with options and "
                                       "answer_idx for multiple choice", file_types=[".jsonl", ".json", ".csv",
                                       ".parquet"], type="filepath", elem_id="eval-upload", scale=3)
             with gr.Row():
-                eval_limit = gr.Number(8, precision=0, minimum=1, label="Sample size (first N questions)")
-                eval_tokens = gr.Number(EvalSettings.for_device(device).max_new_tokens, precision=0, minimum=16,
-                                        label="Max new tokens per answer", elem_id="eval-tokens")
-                eval_template = gr.Radio([("Same as training", "auto"), ("Chat template", "chat"),
+                eval_limit = NumberField(8, bound=range_of(EvalSettings, "limit"),
+                                         label="Sample size (first N questions)")
+                eval_tokens = NumberField(EvalSettings.for_device(device).max_new_tokens,
+                                          bound=range_of(EvalSettings, "max_new_tokens"),
+                                          label="Max new tokens per answer", elem_id="eval-tokens")
+                eval_template = RadioField([("Same as training", "auto"), ("Chat template", "chat"),
                                           ("### template", "plain")], value="auto", label="Prompt template")
             with gr.Row():
                 eval_button = gr.Button("Evaluate", variant="primary", elem_id="run-eval")
@@ -277,7 +309,8 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                       label="Base vs fine-tuned", elem_id="eval-table")
             eval_questions = gr.Dataframe(interactive=False, label="Per question (✓ right, ✗ wrong or no letter)",
                                           elem_id="eval-questions", wrap=True)
-            eval_pick = gr.Number(1, precision=0, minimum=1, label="Show question number", elem_id="eval-pick")
+            eval_pick = NumberField(1, bound=range_of(EvalSettings, "limit"), label="Show question number",
+                                    elem_id="eval-pick")
             eval_detail = gr.Markdown("Run an evaluation, then pick a question number.", elem_id="eval-detail")
             gr.Markdown(published_markdown(), elem_id="published")
             eval_report = gr.State(None)
@@ -287,20 +320,24 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         "appears whole or not at all. The model card in each export says what it is, how it was "
                         "trained and evaluated, and that it is not medical advice.")
             with gr.Row():
-                export_run = gr.Dropdown(workspace.exportable_runs(), label="Run", elem_id="export-run", scale=1,
-                                         info="Its adapter goes on the loaded model, which must be its base")
-                export_format = gr.Radio([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
+                export_run = DropdownField(workspace.exportable_runs(), optional=True, label="Run",
+                                           elem_id="export-run", scale=1,
+                                           info="Its adapter goes on the loaded model, which must be its base")
+                export_format = RadioField([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
                                          label="Format", elem_id="export-format", scale=3)
-                export_name = gr.Textbox("", label="Folder name (under exports/)", placeholder="automatic", scale=1)
+                export_name = TextField("", max_chars=limits.name, label="Folder name (under exports/)",
+                                        placeholder="automatic", scale=1)
             export_button = gr.Button("Export", variant="primary", elem_id="export")
             export_status = gr.Markdown(elem_id="export-status")
             export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Accordion("Push to the Hugging Face Hub", open=True):
                 with gr.Row():
-                    push_choice = gr.Dropdown(workspace.exports(), label="Export to push", elem_id="push-choice")
-                    repo_id = gr.Textbox("", label="Repo id", placeholder="your-name/model-name", elem_id="repo-id")
-                    private = gr.Checkbox(True, label="Private (for a new repo)")
-                hub_token = gr.Textbox("", type="password", label="Token with write access",
+                    push_choice = DropdownField(workspace.exports(), optional=True, label="Export to push",
+                                                elem_id="push-choice")
+                    repo_id = TextField("", max_chars=limits.repo_id, label="Repo id",
+                                        placeholder="your-name/model-name", elem_id="repo-id")
+                    private = CheckboxField(True, label="Private (for a new repo)")
+                hub_token = TextField("", max_chars=limits.token, type="password", label="Token with write access",
                                        placeholder="empty: the app's HF_TOKEN secret", elem_id="hub-token",
                                        info="Used for this push only: never shown, logged or kept.")
                 push_button = gr.Button("Push", elem_id="push")
@@ -312,13 +349,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def load(name, four_bit, length, backend_name, progress=gr.Progress()):  # noqa: B008 (Gradio injects it)
             progress(0.05, desc=f"Loading {name}…")
             try:
-                settings = ModelSettings(name=(name or "").strip() or "embedded", load_in_4bit=four_bit,
-                                         max_length=int(length), backend=backend_name)
+                settings = ModelSettings(name=name.strip() or "embedded", load_in_4bit=four_bit, max_length=length,
+                                         backend=backend_name)
                 # A Hub model's download fills the bar up to 90%; loading it into memory is the rest.
                 info = workspace.load(settings, lambda done, line: progress(0.05 + 0.85 * done, desc=line))
                 return _model_markdown(info)
             except VISITOR_ERRORS as err:
-                return f"⚠ {err}"
+                return f"⚠ {workspace.shown(err)}"
 
         def model_status_now():
             """The shared model as it is now; a page that opens during a load watches until it ends."""
@@ -339,7 +376,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             try:
                 raw = read_dataset(choice, file, hub_split, settings.max_upload_mb)
             except VISITOR_ERRORS as err:
-                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {err}"
+                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {workspace.shown(err)}"
             detected = raw.detected()
             pickers = [gr.update(choices=[NONE, *raw.columns], value=detected.get(role, NONE)) for role in ROLES]
             return raw, *pickers, ""
@@ -356,9 +393,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             )
             tokenizer = workspace.loaded.tokenizer if workspace.loaded else None
             try:
-                shown = preview_dataset(raw, data, tokenizer, int(length or model_max_length), int(row or 1) - 1)
+                shown = preview_dataset(raw, data, tokenizer, length, row - 1)
             except VISITOR_ERRORS as err:
-                return None, f"⚠ {err}", None, None, None
+                return None, f"⚠ {workspace.shown(err)}", None, None, None
             table = pd.DataFrame(shown.table, columns=["question", "reasoning", "answer"])
             segments = [(text, "trained" if trained else None) for text, trained in shown.segments]
             bars = None
@@ -372,20 +409,20 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
                   optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls):
             try:
+                # The fields arrive checked against the settings' ranges (ui.fields); the settings check again.
                 train_settings = TrainSettings(
-                    micro_batch_size=int(batch), grad_accum_steps=int(accum), warmup_steps=int(warm or 0),
-                    max_steps=int(steps or 1), learning_rate=float(lr or 0), lr_scheduler=sched, optimizer=optim,
-                    max_length=int(length or model_max_length), seed=int(train_seed or 0), sampling=batches,
-                    eval_generate=bool(answers), fp8_matmuls=bool(fp8_matmuls),
+                    micro_batch_size=batch, grad_accum_steps=accum, warmup_steps=warm, max_steps=steps,
+                    learning_rate=lr, lr_scheduler=sched, optimizer=optim, max_length=length, seed=train_seed,
+                    sampling=batches, eval_generate=answers, fp8_matmuls=fp8_matmuls,
                     eval_max_new_tokens=train.eval_max_new_tokens,  # the device's, as the form has no field
                 )
-                lora_settings = LoraSettings(r=int(r), alpha=int(alpha or r), dropout=float(dropout or 0),
-                                             gradient_checkpointing=checkpoint, seed=int(train_seed or 0))
+                lora_settings = LoraSettings(r=r, alpha=alpha, dropout=dropout, gradient_checkpointing=checkpoint,
+                                             seed=train_seed)
                 data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system,
-                                    holdout_rows=int(held_out or 0))
-                workspace.start_training(rows, data, train_settings, lora_settings, name or "")
+                                    holdout_rows=held_out)
+                workspace.start_training(rows, data, train_settings, lora_settings, name)
             except VISITOR_ERRORS as err:
-                return f"⚠ {err}", gr.Timer(active=workspace.training)
+                return f"⚠ {workspace.shown(err)}", gr.Timer(active=workspace.training)
             return "Starting…", gr.Timer(active=True)
 
         def stop():
@@ -393,9 +430,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         def resume(name):
             try:
-                workspace.resume_training(name or "")
+                workspace.resume_training(name or "")  # None: nothing picked
             except VISITOR_ERRORS as err:
-                return f"⚠ {err}", gr.Timer(active=workspace.training)
+                return f"⚠ {workspace.shown(err)}", gr.Timer(active=workspace.training)
             return "Resuming…", gr.Timer(active=True)
 
         def refresh_runs():
@@ -427,24 +464,23 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def ask(text, base_messages, tuned_messages, mode_name, new_tokens, temp, nucleus, penalty, gen_seed,
                 prompt_template, system, request: gr.Request):
             panes = CHAT_MODES[mode_name]
-            chats = {"base": list(base_messages or []), "tuned": list(tuned_messages or [])}
-            histories = {pane: conversation(chats[pane]) for pane in panes}
-            question_message = {"role": "user", "content": (text or "").strip()}
+            chats = {"base": list(base_messages), "tuned": list(tuned_messages)}
+            question_message = {"role": "user", "content": text.strip()}
             try:
-                settings = GenerationSettings(max_new_tokens=int(new_tokens), temperature=float(temp),
-                                              top_p=float(nucleus), repetition_penalty=float(penalty),
-                                              seed=int(gen_seed or 0), system_prompt=system,
+                histories = {pane: conversation(chats[pane]) for pane in panes}
+                settings = GenerationSettings(max_new_tokens=new_tokens, temperature=temp, top_p=nucleus,
+                                              repetition_penalty=penalty, seed=gen_seed, system_prompt=system,
                                               template=prompt_template)
                 replies = {}
                 first = True
-                for shown in workspace.chat(text or "", settings, panes, histories, request.session_hash, replies):
+                for shown in workspace.chat(text, settings, panes, histories, request.session_hash, replies):
                     base, tuned = (chats[p] + ([question_message, *shown[p]] if p in shown else [])
                                    for p in ("base", "tuned"))
                     # The question box is emptied once: later updates would wipe a next question being typed.
                     yield base, tuned, "" if first else gr.skip(), speed_summary(replies)
                     first = False
             except VISITOR_ERRORS as err:
-                yield chats["base"], chats["tuned"], text, f"⚠ {err}"
+                yield chats["base"], chats["tuned"], text, f"⚠ {workspace.shown(err)}"
 
         def stop_chat(request: gr.Request):
             workspace.stop_chat(request.session_hash)
@@ -454,8 +490,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         def run_evaluation(source_name, upload_path, limit, new_tokens, prompt_template, request: gr.Request):
             try:
-                settings = EvalSettings(limit=int(limit or 1), max_new_tokens=int(new_tokens or 16),
-                                        template=prompt_template)
+                settings = EvalSettings(limit=limit, max_new_tokens=new_tokens, template=prompt_template)
                 for line, report in workspace.evaluate(source_name, upload_path, settings, request.session_hash):
                     if report is None:
                         yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -464,16 +499,16 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     questions = pd.DataFrame(question_rows(report), columns=question_headers(report))
                     yield line, table, questions, report, question_detail(report, 1)
             except VISITOR_ERRORS as err:
-                yield f"⚠ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield f"⚠ {workspace.shown(err)}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
         def estimate_evaluation(source_name, upload_path, limit, new_tokens):
-            return workspace.evaluation_estimate(source_name, upload_path, int(limit or 1), int(new_tokens or 16))
+            return workspace.evaluation_estimate(source_name, upload_path, limit, new_tokens)
 
         def stop_evaluation(request: gr.Request):
             workspace.stop_evaluation(request.session_hash)
 
         def show_question(report, number):
-            return question_detail(report, int(number or 1)) if report is not None else gr.skip()
+            return question_detail(report, number) if report is not None else gr.skip()
 
         # ---------------------------------------------------------------------------------------
         # Export
@@ -483,9 +518,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             try:
                 folder = workspace.export(fmt, name or "", run or "")
             except VISITOR_ERRORS as err:
-                return f"⚠ {err}", None, gr.update(choices=workspace.exports())
+                return f"⚠ {workspace.shown(err)}", None, gr.update(choices=workspace.exports())
             files = sorted(path.name for path in folder.iterdir())
-            line = f"✓ Exported to `{folder}`: {', '.join(files)}."
+            line = f"✓ Exported to `{workspace.shown(folder)}`: {', '.join(files)}."
             return line, _download(folder, fmt), gr.update(choices=workspace.exports(), value=folder.name)
 
         def refresh_exports():
@@ -496,7 +531,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             try:
                 url = workspace.push(export_name, repo, token, bool(private_repo))
             except VISITOR_ERRORS as err:
-                return f"⚠ {err}", ""  # the token field is emptied either way
+                return f"⚠ {workspace.shown(err)}", ""  # the token field is emptied either way
             return f"✓ Pushed {export_name} to {url}", ""
 
         def show_panes(mode_name):
@@ -658,7 +693,7 @@ def main() -> None:
                        preload=args.preload, allow_local_paths=args.allow_local_paths)
     device = default_device()
     workspace = Workspace(settings.output_dir, allow_local_paths=settings.allow_local_paths,
-                          real_rows=settings.real_rows)
+                          real_rows=settings.real_rows, text_limits=settings.text_limits)
     if settings.preload:  # in the background: the page is usable at once, and shows the model when it is ready
         threading.Thread(target=workspace.load, args=(ModelSettings(settings.preload),), daemon=True).start()
     demo = build_app(workspace, device, settings)

@@ -14,14 +14,19 @@ Read from the environment (a Space's "Variables", `docker run -e`), then the com
                                  the server's files.
     FINETUNE_REAL_ROWS           a file of real medical-o1 rows the Evaluate tab offers (default
                                  ../shared/data/medical_o1_sample.jsonl where it exists)
+    FINETUNE_MAX_MESSAGE_CHARS   longest chat question (4000): each character is read before the
+                                 first token, in one step Stop cannot cut
+    FINETUNE_MAX_CONVERSATION_CHARS  a question with its pane's earlier turns (24000)
+    FINETUNE_MAX_SYSTEM_PROMPT_CHARS longest system prompt, in chat and in training (2000)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.bounds import TextLimits
 from finetune.data import REAL_ROWS
 from finetune.models import PRESETS
 
@@ -44,6 +49,7 @@ class AppSettings:
     allow_local_paths: bool = False
     real_rows: Path | None = None
     """Real medical-o1 rows to evaluate on, never bundled or trained on; None: not offered."""
+    text_limits: TextLimits = field(default_factory=TextLimits)
 
     @property
     def exports_dir(self) -> Path:
@@ -63,7 +69,17 @@ def settings_from_env(env: dict[str, str] | None = None) -> AppSettings:
         max_upload_mb=_number(env.get("FINETUNE_MAX_UPLOAD_MB") or "50", "FINETUNE_MAX_UPLOAD_MB"),
         allow_local_paths=_flag(env.get("FINETUNE_ALLOW_LOCAL_PATHS", ""), "FINETUNE_ALLOW_LOCAL_PATHS"),
         real_rows=_real_rows(env.get("FINETUNE_REAL_ROWS", "")),
+        text_limits=_text_limits(env),
     )
+
+
+TEXT_LIMIT_VARIABLES = {"message": "FINETUNE_MAX_MESSAGE_CHARS", "conversation": "FINETUNE_MAX_CONVERSATION_CHARS",
+                        "system_prompt": "FINETUNE_MAX_SYSTEM_PROMPT_CHARS"}
+
+
+def _text_limits(env: dict[str, str]) -> TextLimits:
+    return TextLimits(**{limit: _number(env[variable], variable)
+                         for limit, variable in TEXT_LIMIT_VARIABLES.items() if env.get(variable)})
 
 
 def _real_rows(text: str) -> Path | None:

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from finetune.bounds import SEED_MAX, check_ranges, ranged
+
+SCHEDULERS = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor")
+"""The optimisers the app offers (the CLI and recipes take any of transformers' optimizer names)."""
+MAX_LENGTH_RANGE = (16, 131_072)
+"""Tokens per row, for the model and a run: the longest context of the models offered (128k)."""
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 EVAL_MAX_NEW_TOKENS = {"cuda": 4096, "cpu": 768}
 """New tokens per answer when evaluating, by device. R1 models reason for 1,000-4,000 tokens before they
@@ -25,7 +32,7 @@ class ModelSettings:
     """'embedded', a preset name, a Hub repo id, or a local folder."""
     load_in_4bit: bool | None = None
     """None: 4-bit NF4 on CUDA, full precision on CPU. Pre-quantized repos are always 4-bit."""
-    max_length: int = 2048
+    max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
     """Longest sequence the model is prepared for (Unsloth sizes its RoPE cache by it)."""
     backend: str = "auto"
     """'auto' (Unsloth when it imports on CUDA, else transformers), 'unsloth' or 'hf'."""
@@ -33,30 +40,26 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "unsloth", "hf"):
             raise ValueError(f"backend must be 'auto', 'unsloth' or 'hf', not {self.backend!r}")
-        if self.max_length < 16:
-            raise ValueError(f"max_length must be at least 16, not {self.max_length}")
+        check_ranges(self)
 
 
 @dataclass
 class LoraSettings:
     """The adapter trained on top of the frozen (possibly 4-bit) base model."""
 
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.0
+    r: int = ranged(16, 1, 256)
+    alpha: int = ranged(16, 1, 4096)
+    dropout: float = ranged(0.0, 0.0, 0.9, whole=False)
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
     use_rslora: bool = False
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, ~30% slower."""
     offload_activations: bool = True
     """Unsloth only: keep checkpointed activations in CPU memory ("unsloth" checkpointing)."""
-    seed: int = 3407
+    seed: int = ranged(3407, 0, SEED_MAX)
 
     def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ValueError(f"LoRA rank r must be at least 1, not {self.r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), not {self.dropout}")
+        check_ranges(self)
         if not self.target_modules:
             raise ValueError("LoRA needs at least one target module")
         self.target_modules = tuple(self.target_modules)
@@ -66,27 +69,28 @@ class LoraSettings:
 class TrainSettings:
     """The optimisation loop. Defaults: the seeds' GPU recipe."""
 
-    micro_batch_size: int = 2
-    grad_accum_steps: int = 4
-    warmup_steps: int = 5
-    max_steps: int | None = 60
+    micro_batch_size: int = ranged(2, 1, 64)
+    grad_accum_steps: int = ranged(4, 1, 256)
+    warmup_steps: int = ranged(5, 0, 100_000)
+    max_steps: int | None = ranged(60, 1, 100_000, optional=True)
     """Stop after this many optimiser steps; None trains for `epochs`."""
-    epochs: float = 1.0
-    learning_rate: float = 2e-4
+    epochs: float = ranged(1.0, 0.01, 1000, whole=False)
+    learning_rate: float = ranged(2e-4, 1e-8, 1.0, whole=False)
+    """Above 1 every optimiser offered diverges; a run whose loss still turns non-finite fails, saying so."""
     lr_scheduler: str = "linear"
     optimizer: str = "adamw_8bit"
-    weight_decay: float = 0.01
-    max_length: int = 2048
+    weight_decay: float = ranged(0.01, 0.0, 1.0, whole=False)
+    max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
     """Rows longer than this are truncated (and counted in the preview)."""
     precision: str = "auto"
     """'auto' (bf16 where the GPU supports it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'."""
-    seed: int = 3407
+    seed: int = ranged(3407, 0, SEED_MAX)
     sampling: str = "random"
     """'random', or 'group_by_length': batches of similar lengths, so less compute goes to padding."""
     eval_generate: bool = True
     """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
-    eval_max_new_tokens: int = EVAL_MAX_NEW_TOKENS["cuda"]
-    save_steps: int | None = None
+    eval_max_new_tokens: int = ranged(EVAL_MAX_NEW_TOKENS["cuda"], 1, 131_072)
+    save_steps: int | None = ranged(None, 1, 100_000, optional=True)
     """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None: ten a run."""
     fp8_matmuls: bool = False
     """FP8 for the frozen 4-bit base weights' forward matmuls, where it pays: Unsloth, an Ada/Hopper GPU,
@@ -96,18 +100,11 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.sampling not in ("random", "group_by_length"):
             raise ValueError(f"sampling must be random or group_by_length, not {self.sampling!r}")
-        if self.lr_scheduler not in ("linear", "cosine", "constant"):
-            raise ValueError(f"lr_scheduler must be linear, cosine or constant, not {self.lr_scheduler!r}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be at least 1, not {self.max_steps}")
-        if self.micro_batch_size < 1 or self.grad_accum_steps < 1:
-            raise ValueError("micro_batch_size and grad_accum_steps must be at least 1")
-        if self.save_steps is not None and self.save_steps < 1:
-            raise ValueError(f"save_steps must be at least 1, not {self.save_steps}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, not {self.learning_rate}")
+        check_ranges(self)
 
     @classmethod
     def for_device(cls, device: str) -> TrainSettings:
@@ -157,12 +154,11 @@ class DataSettings:
     columns: dict[str, str] = field(default_factory=dict)
     """Overrides for the detected mapping: keys question, reasoning, answer, messages, context."""
     system_prompt: str = ""
-    max_rows: int | None = None
-    holdout_rows: int = 0
+    max_rows: int | None = ranged(None, 1, 10_000_000, optional=True)
+    holdout_rows: int = ranged(0, 0, 10_000)
     """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on."""
 
     def __post_init__(self) -> None:
         if self.template not in ("chat", "plain"):
             raise ValueError(f"template must be 'chat' or 'plain', not {self.template!r}")
-        if self.holdout_rows < 0:
-            raise ValueError(f"holdout_rows must be 0 or more, not {self.holdout_rows}")
+        check_ranges(self)

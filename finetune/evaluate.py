@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from finetune.config import EVAL_MAX_NEW_TOKENS
+from finetune.bounds import SEED_MAX, check_ranges, ranged
+from finetune.config import EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE
 from finetune.data import DatasetError, EvalItem, Example, eval_items, read_source, resolve_columns, to_examples
 from finetune.formats import (
     IGNORE_INDEX,
@@ -51,30 +52,27 @@ PUBLISHED = {
 
 @dataclass
 class EvalSettings:
-    limit: int | None = None
+    limit: int | None = ranged(None, 1, 100_000, optional=True)
     """Evaluate at most this many items (the first ones); None: all."""
-    max_new_tokens: int = EVAL_MAX_NEW_TOKENS["cuda"]
+    max_new_tokens: int = ranged(EVAL_MAX_NEW_TOKENS["cuda"], 1, 131_072)
     """Per answer: room for an R1 model's reasoning and its answer (`for_device` on CPU: a demo's)."""
-    batch_size: int = 8
+    batch_size: int = ranged(8, 1, 256)
     """Questions generated together."""
-    temperature: float = 0.6
+    temperature: float = ranged(0.6, 0.0, 2.0, whole=False)
     """DeepSeek's advice for R1 models (0.6, top-p 0.95): greedy decoding makes small models loop and never
     close their reasoning. 0: greedy. With `seed` fixed, a run repeats exactly."""
-    top_p: float = 0.95
-    seed: int = 0
+    top_p: float = ranged(0.95, 0.05, 1.0, whole=False)
+    seed: int = ranged(0, 0, SEED_MAX)
     template: str = "chat"
     """The template the adapter was trained with (see `finetune.adapters.read_run_template`)."""
     system_prompt: str = ""
-    max_length: int = 2048
+    max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
     """Rows are cut to this many tokens for the held-out loss, as in training."""
     generate: bool = True
     """False: held-out loss only (seconds instead of minutes on a CPU)."""
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"the sample size must be at least 1, not {self.limit}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be at least 1")
+        check_ranges(self)
 
     @classmethod
     def for_device(cls, device: str, **overrides) -> EvalSettings:

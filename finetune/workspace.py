@@ -11,6 +11,8 @@ visitor sees the same ones. Each method is one thing a visitor does; each refusa
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
 import weakref
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.adapters import read_run_template, run_template
+from finetune.bounds import TextLimits, shorten
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
 from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, LoadedRows, write_rows
 from finetune.download import Progress
@@ -29,7 +32,7 @@ from finetune.formats import PreparedDataset, tokenize_rows
 from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model, release_memory
 from finetune.recipe import Recipe
-from finetune.runs import RunSummary, check_writable, list_runs, mark_abandoned_runs, read_record
+from finetune.runs import RunSummary, disk_error, list_runs, mark_abandoned_runs, read_record
 from inference.chat import stream_chat
 from inference.generate import GenerationSettings
 
@@ -52,9 +55,13 @@ class Workspace:
     """Whether a visitor may name a model folder of this machine (the operator's choice; off on a Space)."""
     real_rows: Path | None = None
     """Real medical-o1 rows the Evaluate tab offers (the operator's file, or ../shared's); None: not offered."""
+    text_limits: TextLimits = field(default_factory=TextLimits)
+    """The longest chat question, conversation and system prompt a visitor may send (the operator's)."""
     interrupted_runs: list[str] = field(default_factory=list, init=False)
     """Runs found "running" at start whose process had died, now marked incomplete."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _starting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Held from a Start's check that no run is going on until its run is going (or refused and undone)."""
     _chat_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
     """One stop switch per visitor's reply in progress, so Stop ends that visitor's reply only."""
     _eval_stops: dict[str, threading.Event] = field(default_factory=dict, repr=False)
@@ -106,27 +113,96 @@ class Workspace:
         lora: LoraSettings,
         run_name: str = "",
     ) -> TrainingJob:
-        """Start a run on the loaded model; refuses clearly with no model, no data, or a run going on."""
+        """Start a run on the loaded model; refuses clearly with no model, no data, or a run going on.
+
+        Two visitors pressing Start at once: one starts, the other is told a run is starting. The run
+        folder is reserved (created, never reused) before anything is written into it, and removed
+        again if the start is refused after that, so a refused Start leaves nothing on disk."""
         loaded = self.require_model()
         if rows is None:
             raise WorkspaceError("No dataset: pick a preset or upload a file in the Dataset tab first.")
-        if self.training:
-            raise TrainingBusy(self.job)
-        from finetune.train import start_training  # TRL and PEFT load on first use, not at app start
+        self._check_system_prompt(data.system_prompt)
+        if not self._starting.acquire(blocking=False):
+            raise WorkspaceError("Another visitor is starting a run right now; watch it below, or wait for it to end.")
+        try:
+            if self.training:
+                raise TrainingBusy(self.job)
+            from finetune.train import start_training  # TRL and PEFT load on first use, not at app start
 
-        prepared = self.prepare(rows, data, train.max_length)
-        output_dir = self.runs_dir / (_safe_name(run_name) or time.strftime("run-%Y%m%d-%H%M%S"))
-        if (output_dir / "run.json").exists():
-            raise WorkspaceError(f"A run named {output_dir.name} exists already: pick another name, or resume it.")
-        # The run keeps its own copy of the rows, so its recipe.yaml repeats it even after the upload is gone.
-        check_writable(output_dir)
-        copy = output_dir / "dataset.jsonl"
-        write_rows(rows.rows, copy)
-        data = replace(data, source=str(copy), columns=rows.mapping.as_dict())
-        recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora, str(output_dir))
-        self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
-        self.trained_template = prepared.template
-        return self.job
+            prepared = self.prepare(rows, data, train.max_length)
+            output_dir = self._reserve_run_folder(run_name)
+            try:
+                # The run keeps its own copy of the rows, so its recipe.yaml repeats it after the upload is gone.
+                copy = output_dir / "dataset.jsonl"
+                write_rows(rows.rows, copy)
+                data = replace(data, source=str(copy), columns=rows.mapping.as_dict())
+                recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora,
+                                str(output_dir))
+                self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
+            except BaseException:
+                shutil.rmtree(output_dir, ignore_errors=True)
+                raise
+            self.trained_template = prepared.template
+            return self.job
+        finally:
+            self._starting.release()
+
+    @property
+    def served_dirs(self) -> tuple[Path, ...]:
+        """Folders the app serves for download: no run may be written in or under one."""
+        return (self.exports_dir,)
+
+    def _reserve_run_folder(self, run_name: str) -> Path:
+        """Create the run's folder, atomically: a name taken (even a second ago, by another visitor) is
+        refused, and an automatic name moves on to the next free one."""
+        if len(run_name) > self.text_limits.name:
+            raise WorkspaceError(f"The run name is {len(run_name):,} characters long; the limit is "
+                                 f"{self.text_limits.name}.")
+        name = _safe_name(run_name)
+        if run_name.strip() and not name:
+            raise WorkspaceError(f"The run name {shorten(run_name)!r} has no letters or digits: pick another.")
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        if name:
+            folder = self.runs_dir / name
+            self._check_not_served(folder)
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                raise WorkspaceError(f"A run named {name} exists already: pick another name, or resume it.") from None
+            except OSError as err:
+                raise WorkspaceError(f"Cannot create the run folder {name}: {disk_error(err)}") from None
+            return folder
+        stamp = time.strftime("run-%Y%m%d-%H%M%S")
+        for number in range(1, 1000):
+            folder = self.runs_dir / (stamp if number == 1 else f"{stamp}-{number}")
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+            except OSError as err:
+                raise WorkspaceError(f"Cannot create a run folder: {disk_error(err)}") from None
+        raise WorkspaceError("Too many runs started this second: press Start again.")
+
+    def _check_not_served(self, folder: Path) -> None:
+        for served in self.served_dirs:
+            resolved, served = folder.resolve(), served.resolve()
+            if resolved == served or served in resolved.parents or resolved in served.parents:
+                raise WorkspaceError(f"{folder.name} is the folder the app serves for download: pick another "
+                                     "run name (a run's rows are not for everyone).")
+
+    def _check_system_prompt(self, system_prompt: str) -> None:
+        if len(system_prompt) > self.text_limits.system_prompt:
+            raise WorkspaceError(f"The system prompt is {len(system_prompt):,} characters long; the limit here is "
+                                 f"{self.text_limits.system_prompt:,}.")
+
+    def shown(self, message: object) -> str:
+        """A message for a visitor: paths under the runs folder relative to it, the server's other folders left
+        out (a visitor needs the file's name, not where the server keeps it)."""
+        text = str(message)
+        for root in {str(self.runs_dir.resolve()), str(self.runs_dir.absolute())}:
+            text = text.replace(root + "/", "").replace(root, ".")
+        return _ABSOLUTE_DIRS.sub("", text)
 
     def runs(self) -> list[RunSummary]:
         """The runs in the output folder, newest first: what the Train tab offers to resume."""
@@ -135,14 +211,19 @@ class Workspace:
     def resume_training(self, run_name: str) -> TrainingJob:
         """Continue a stopped or interrupted run from its last checkpoint, on the loaded model."""
         loaded = self.require_model()
-        if self.training:
-            raise TrainingBusy(self.job)
         from finetune.train import resume_training
 
         run_dir = self.runs_dir / _safe_name(run_name)
         if not run_name or not (run_dir / "run.json").is_file():
             raise WorkspaceError("Pick a run to resume (one that was stopped or interrupted).")
-        self.job = resume_training(loaded, run_dir)
+        if not self._starting.acquire(blocking=False):
+            raise WorkspaceError("Another visitor is starting a run right now; watch it below, or wait for it to end.")
+        try:
+            if self.training:
+                raise TrainingBusy(self.job)
+            self.job = resume_training(loaded, run_dir)
+        finally:
+            self._starting.release()
         self.trained_template = read_run_template(run_dir)
         return self.job
 
@@ -159,6 +240,7 @@ class Workspace:
 
         `stop_chat(visitor)` ends it early; `replies` gets each pane's latest Reply."""
         loaded = self.require_model()
+        self._check_conversation(question, settings.system_prompt, histories or {})
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
         stop = self._chat_stops[visitor] = threading.Event()
@@ -170,6 +252,22 @@ class Workspace:
                 del self._chat_stops[visitor]
             finished = [reply for reply in replies.values() if reply.done]
             self._measured(loaded, sum(r.tokens for r in finished), sum(r.seconds for r in finished), "chat")
+
+    def _check_conversation(self, question: str, system_prompt: str,
+                            histories: dict[str, Sequence[tuple[str, str]]]) -> None:
+        """Refuse what would hold the shared model for minutes before its first token: every character of the
+        question, the system prompt and the earlier turns is read in one step that Stop cannot cut."""
+        limits = self.text_limits
+        if len(question) > limits.message:
+            raise WorkspaceError(f"The question is {len(question):,} characters long; the limit here is "
+                                 f"{limits.message:,}: shorten it.")
+        self._check_system_prompt(system_prompt)
+        for pane, turns in histories.items():
+            length = len(question) + sum(len(asked) + len(answer) for asked, answer in turns)
+            if length > limits.conversation:
+                raise WorkspaceError(f"This conversation ({pane} pane) comes to {length:,} characters with the new "
+                                     f"question; the limit here is {limits.conversation:,}: press Clear to start "
+                                     "a new one.")
 
     def stop_chat(self, visitor: str = "") -> None:
         """End this visitor's reply in progress; what was written so far stays, marked as stopped."""
@@ -355,6 +453,11 @@ class Workspace:
         self.job.stop()
         return ("Stopping after the current step; the adapter trained so far and a checkpoint to resume from "
                 "will be saved.")
+
+
+# The folders of an absolute path (left of its last part), not preceded by what makes it part of a URL,
+# a relative path or a word: "/tmp/gradio/ab12/cases.jsonl" -> "cases.jsonl".
+_ABSOLUTE_DIRS = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`]+/)+(?=[^\s/'\"`])")
 
 
 def _safe_name(name: str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from finetune.adapters import adapter_switched
+from finetune.bounds import SEED_MAX, check_ranges, ranged
 from finetune.formats import build_prompt, effective_template, prompt_opens_reasoning, reasoning_tags
 from finetune.models import LoadedModel
 from inference.fast_decode import Sampling, decoder_for
@@ -41,12 +42,12 @@ class ContextTooLong(ValueError):
 class GenerationSettings:
     """Defaults are DeepSeek's advice for R1 models: temperature 0.6, top_p 0.95, no system prompt."""
 
-    max_new_tokens: int = CHAT_MAX_NEW_TOKENS["cuda"]
+    max_new_tokens: int = ranged(CHAT_MAX_NEW_TOKENS["cuda"], 1, 131_072)
     """The reply's limit, reasoning included (`for_device` on CPU: a demo's)."""
-    temperature: float = 0.6
-    top_p: float = 0.95
-    repetition_penalty: float = 1.0
-    seed: int = 0
+    temperature: float = ranged(0.6, 0.0, 2.0, whole=False)
+    top_p: float = ranged(0.95, 0.05, 1.0, whole=False)
+    repetition_penalty: float = ranged(1.0, 1.0, 2.0, whole=False)
+    seed: int = ranged(0, 0, SEED_MAX)
     system_prompt: str = ""
     template: str = "chat"
     """'chat' or 'plain': must match the template the adapter was trained with ('auto' in the app: the
@@ -55,10 +56,7 @@ class GenerationSettings:
     """Use the fast decoder (`inference.fast_decode`) where the model allows; False: transformers' generate."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, not {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        check_ranges(self)
 
     @classmethod
     def for_device(cls, device: str, **overrides) -> GenerationSettings:
@@ -152,6 +150,9 @@ def stream_reply(
     def generate() -> None:
         try:
             with loaded.lock, torch.inference_mode():
+                if stop.is_set():  # Stop pressed while waiting for the model: no prompt to read
+                    streamer.end()
+                    return
                 torch.manual_seed(settings.seed)  # same seed for base and fine-tuned
                 tokens_needed = inputs["input_ids"].shape[1] + settings.max_new_tokens
                 decoder = decoder_for(loaded, use_adapter, tokens_needed) if settings.fast else None
