@@ -63,13 +63,13 @@ from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
 from inference.chat import conversation, speed_summary  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
 from ui.fields import (  # noqa: E402
-    ChatPane,
-    CheckboxField,
-    DropdownField,
-    NumberField,
-    RadioField,
-    SliderField,
-    TextField,
+    chat_pane,
+    checkbox_field,
+    dropdown_field,
+    number_field,
+    radio_field,
+    slider_field,
+    text_field,
 )
 
 TITLE = "Chain-of-thought fine-tuning"
@@ -134,7 +134,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Model", id="model"):
             with gr.Row():
-                model_name = DropdownField(
+                model_name = dropdown_field(
                     [(f"{name}: {PRESETS[name]}", name) for name in settings.presets],
                     value=settings.presets[0],
                     allow_custom_value=True,
@@ -144,13 +144,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     + (", or a model folder on this machine" if settings.allow_local_paths else ""),
                     scale=3,
                 )
-                load_4bit = CheckboxField(device == "cuda", label="Load in 4-bit (NF4)",
+                load_4bit = checkbox_field(device == "cuda", label="Load in 4-bit (NF4)",
                                         info="Pre-quantized repos are always 4-bit")
-                max_length = NumberField(model_max_length, bound=range_of(TrainSettings, "max_length"),
+                max_length = number_field(model_max_length, range_of(TrainSettings, "max_length"),
                                          label="Max length (tokens)",
                                        info="Rows longer than this are truncated in training and preview")
             with gr.Accordion("Advanced", open=False):
-                backend = RadioField(["auto", "hf", "unsloth"], value="auto", label="Backend",
+                backend = radio_field(["auto", "hf", "unsloth"], value="auto", label="Backend",
                                    info="auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT")
             load_button = gr.Button("Load model", variant="primary")
             model_status = gr.Markdown("No model loaded yet: pick one and press **Load model**.",
@@ -159,17 +159,17 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Dataset", id="dataset"):
             with gr.Row():
-                source = RadioField(SOURCES, value="sample", label="Dataset", scale=2)
-                split = TextField("train[0:500]", max_chars=limits.split, label="Hub split (slice)", visible=False)
+                source = radio_field(SOURCES, value="sample", label="Dataset", scale=2)
+                split = text_field("train[0:500]", max_chars=limits.split, label="Hub split (slice)", visible=False)
             upload = gr.File(label=f"Dataset file (.jsonl, .json, .csv, .parquet; up to {settings.max_upload_mb} MB)",
                              visible=False, elem_id="dataset-upload")
             with gr.Row():
-                role_pickers = [DropdownField([NONE], value=NONE, label=f"{role} column", allow_custom_value=True,
+                role_pickers = [dropdown_field([NONE], value=NONE, label=f"{role} column", allow_custom_value=True,
                                               max_chars=1000) for role in ROLES]
             with gr.Row():
-                template = RadioField(TEMPLATES, value="chat", label="Training text template", scale=2)
-                preview_index = NumberField(1, bound=Range(1, 10_000_000), label="Preview row", scale=1)
-            system_prompt = TextField("", max_chars=limits.system_prompt, label="System prompt (optional)", lines=1)
+                template = radio_field(TEMPLATES, value="chat", label="Training text template", scale=2)
+                preview_index = number_field(1, Range(1, 10_000_000), label="Preview row", scale=1)
+            system_prompt = text_field("", max_chars=limits.system_prompt, label="System prompt (optional)", lines=1)
             dataset_status = gr.Markdown(elem_id="dataset-status")
             examples_table = gr.Dataframe(headers=["question", "reasoning", "answer"], interactive=False,
                                           wrap=True, max_height=320, label="First rows",
@@ -183,35 +183,35 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Train", id="train") as train_tab:
             with gr.Row():
-                max_steps = NumberField(train.max_steps, bound=range_of(TrainSettings, "max_steps"), label="Max steps")
-                learning_rate = NumberField(train.learning_rate, bound=range_of(TrainSettings, "learning_rate"),
+                max_steps = number_field(train.max_steps, range_of(TrainSettings, "max_steps"), label="Max steps")
+                learning_rate = number_field(train.learning_rate, range_of(TrainSettings, "learning_rate"),
                                             label="Learning rate")
-                micro_batch = SliderField(train.micro_batch_size, bound=range_of(TrainSettings, "micro_batch_size"),
+                micro_batch = slider_field(train.micro_batch_size, range_of(TrainSettings, "micro_batch_size"),
                                           label="Micro-batch size")
-                grad_accum = SliderField(train.grad_accum_steps, bound=range_of(TrainSettings, "grad_accum_steps"),
+                grad_accum = slider_field(train.grad_accum_steps, range_of(TrainSettings, "grad_accum_steps"),
                                          label="Gradient accumulation")
             with gr.Row():
-                lora_r = DropdownField([4, 8, 16, 32, 64, 128], value=lora.r, label="LoRA rank r")
-                lora_alpha = NumberField(lora.alpha, bound=range_of(LoraSettings, "alpha"), label="LoRA alpha")
-                lora_dropout = NumberField(lora.dropout, bound=range_of(LoraSettings, "dropout"), label="LoRA dropout")
-                warmup = NumberField(train.warmup_steps, bound=range_of(TrainSettings, "warmup_steps"),
+                lora_r = dropdown_field([4, 8, 16, 32, 64, 128], value=lora.r, label="LoRA rank r")
+                lora_alpha = number_field(lora.alpha, range_of(LoraSettings, "alpha"), label="LoRA alpha")
+                lora_dropout = number_field(lora.dropout, range_of(LoraSettings, "dropout"), label="LoRA dropout")
+                warmup = number_field(train.warmup_steps, range_of(TrainSettings, "warmup_steps"),
                                      label="Warm-up steps")
             with gr.Row():
-                scheduler = DropdownField(list(SCHEDULERS), value=train.lr_scheduler, label="LR schedule")
-                optimizer = DropdownField(list(OPTIMIZERS), value=train.optimizer, label="Optimizer")
-                sampling = DropdownField([("similar lengths together", "group_by_length"), ("random", "random")],
+                scheduler = dropdown_field(list(SCHEDULERS), value=train.lr_scheduler, label="LR schedule")
+                optimizer = dropdown_field(list(OPTIMIZERS), value=train.optimizer, label="Optimizer")
+                sampling = dropdown_field([("similar lengths together", "group_by_length"), ("random", "random")],
                                          value=train.sampling, label="Batches")
-                checkpointing = CheckboxField(lora.gradient_checkpointing, label="Gradient checkpointing")
-                fp8 = CheckboxField(train.fp8_matmuls, label="FP8 base matmuls",
+                checkpointing = checkbox_field(lora.gradient_checkpointing, label="Gradient checkpointing")
+                fp8 = checkbox_field(train.fp8_matmuls, label="FP8 base matmuls",
                                     info="Ada/Hopper GPU, 8B-class model; 16-bit elsewhere", elem_id="fp8-matmuls")
-                seed = NumberField(train.seed, bound=range_of(TrainSettings, "seed"), label="Seed")
-                run_name = TextField("", max_chars=limits.name, label="Run name (a folder in the app's output folder)",
+                seed = number_field(train.seed, range_of(TrainSettings, "seed"), label="Seed")
+                run_name = text_field("", max_chars=limits.name, label="Run name (a folder in the app's output folder)",
                                      placeholder="automatic")
             with gr.Row():
-                holdout = NumberField(8, bound=range_of(DataSettings, "holdout_rows"),
+                holdout = number_field(8, range_of(DataSettings, "holdout_rows"),
                                       label="Hold out rows (never trained on; evaluated base vs fine-tuned at the end)",
                                       elem_id="holdout")
-                eval_answers = CheckboxField(True, label="At the end, also generate answers for the held-out rows "
+                eval_answers = checkbox_field(True, label="At the end, also generate answers for the held-out rows "
                                            "(format and accuracy; takes longer than the loss alone)")
             with gr.Row():
                 start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
@@ -221,7 +221,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 gr.Markdown("A run saves a checkpoint ten times along the way and when it is stopped. Resume goes on "
                             "from the last one, with the run's own rows and settings, on the loaded model.")
                 with gr.Row():
-                    resume_choice = DropdownField(_resumable_runs(workspace), optional=True, label="Run",
+                    resume_choice = dropdown_field(_resumable_runs(workspace), optional=True, label="Run",
                                                   elem_id="resume-run", scale=3)
                     resume_button = gr.Button("Resume", elem_id="resume-training", scale=1)
                 runs_note = gr.Markdown(_interrupted_note(workspace), elem_id="runs-note")
@@ -242,13 +242,13 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         with gr.Tab("Chat", id="chat"):
             gr.Markdown(DISCLAIMER)
-            mode = RadioField(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
+            mode = radio_field(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
             with gr.Row():
-                base_chat = ChatPane(label="Base model (adapter off)", elem_id="chat-base", height=460,
+                base_chat = chat_pane(label="Base model (adapter off)", elem_id="chat-base", height=460,
                                      buttons=["copy"])
-                tuned_chat = ChatPane(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
+                tuned_chat = chat_pane(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
                                       buttons=["copy"])
-            question = TextField(max_chars=limits.message, label="Question",
+            question = text_field(max_chars=limits.message, label="Question",
                                  placeholder="Describe a clinical case or ask a question…",
                                  lines=2, elem_id="question")
             with gr.Row():
@@ -259,22 +259,22 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             gr.Examples(EXAMPLE_QUESTIONS, inputs=question, label="Example questions")
             with gr.Accordion("Generation settings (DeepSeek-R1 defaults)", open=False):
                 with gr.Row():
-                    max_new_tokens = SliderField(chat_defaults.max_new_tokens,
-                                                 bound=range_of(GenerationSettings, "max_new_tokens"),
+                    max_new_tokens = slider_field(chat_defaults.max_new_tokens,
+                                                 range_of(GenerationSettings, "max_new_tokens"),
                                                  label="Max new tokens (reasoning included)", elem_id="max-new-tokens")
-                    temperature = SliderField(chat_defaults.temperature,
-                                              bound=range_of(GenerationSettings, "temperature"),
+                    temperature = slider_field(chat_defaults.temperature,
+                                              range_of(GenerationSettings, "temperature"),
                                               label="Temperature (0: greedy)")
-                    top_p = SliderField(chat_defaults.top_p, bound=range_of(GenerationSettings, "top_p"), label="Top-p")
-                    repetition_penalty = SliderField(chat_defaults.repetition_penalty,
-                                                     bound=range_of(GenerationSettings, "repetition_penalty"),
+                    top_p = slider_field(chat_defaults.top_p, range_of(GenerationSettings, "top_p"), label="Top-p")
+                    repetition_penalty = slider_field(chat_defaults.repetition_penalty,
+                                                     range_of(GenerationSettings, "repetition_penalty"),
                                                      label="Repetition penalty")
-                    chat_seed = NumberField(chat_defaults.seed, bound=range_of(GenerationSettings, "seed"),
+                    chat_seed = number_field(chat_defaults.seed, range_of(GenerationSettings, "seed"),
                                             label="Seed (same for both panes)")
                 with gr.Row():
-                    chat_template = RadioField([("Same as training", "auto"), ("Chat template", "chat"),
+                    chat_template = radio_field([("Same as training", "auto"), ("Chat template", "chat"),
                                                 ("### template", "plain")], value="auto", label="Prompt template")
-                    chat_system = TextField("", max_chars=limits.system_prompt,
+                    chat_system = text_field("", max_chars=limits.system_prompt,
                                             label="System prompt (R1 advice: leave empty)")
 
         with gr.Tab("Evaluate", id="evaluate") as eval_tab:
@@ -286,19 +286,19 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         "it is safe to use.")
             with gr.Row():
                 sources = workspace.evaluation_sources()
-                eval_source = DropdownField(sources, optional=True,
+                eval_source = dropdown_field(sources, optional=True,
                                             value="real" if workspace.real_rows else "sample-mcq",
                                             label="Evaluate on", elem_id="eval-source", scale=3)
                 eval_upload = gr.File(label="Or a file: Question/Complex_CoT/Response rows, with options and "
                                       "answer_idx for multiple choice", file_types=[".jsonl", ".json", ".csv",
                                       ".parquet"], type="filepath", elem_id="eval-upload", scale=3)
             with gr.Row():
-                eval_limit = NumberField(8, bound=range_of(EvalSettings, "limit"),
+                eval_limit = number_field(8, range_of(EvalSettings, "limit"),
                                          label="Sample size (first N questions)")
-                eval_tokens = NumberField(EvalSettings.for_device(device).max_new_tokens,
-                                          bound=range_of(EvalSettings, "max_new_tokens"),
+                eval_tokens = number_field(EvalSettings.for_device(device).max_new_tokens,
+                                          range_of(EvalSettings, "max_new_tokens"),
                                           label="Max new tokens per answer", elem_id="eval-tokens")
-                eval_template = RadioField([("Same as training", "auto"), ("Chat template", "chat"),
+                eval_template = radio_field([("Same as training", "auto"), ("Chat template", "chat"),
                                           ("### template", "plain")], value="auto", label="Prompt template")
             with gr.Row():
                 eval_button = gr.Button("Evaluate", variant="primary", elem_id="run-eval")
@@ -309,7 +309,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                       label="Base vs fine-tuned", elem_id="eval-table")
             eval_questions = gr.Dataframe(interactive=False, label="Per question (✓ right, ✗ wrong or no letter)",
                                           elem_id="eval-questions", wrap=True)
-            eval_pick = NumberField(1, bound=range_of(EvalSettings, "limit"), label="Show question number",
+            eval_pick = number_field(1, range_of(EvalSettings, "limit"), label="Show question number",
                                     elem_id="eval-pick")
             eval_detail = gr.Markdown("Run an evaluation, then pick a question number.", elem_id="eval-detail")
             gr.Markdown(published_markdown(), elem_id="published")
@@ -320,24 +320,24 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         "appears whole or not at all. The model card in each export says what it is, how it was "
                         "trained and evaluated, and that it is not medical advice.")
             with gr.Row():
-                export_run = DropdownField(workspace.exportable_runs(), optional=True, label="Run",
+                export_run = dropdown_field(workspace.exportable_runs(), optional=True, label="Run",
                                            elem_id="export-run", scale=1,
                                            info="Its adapter goes on the loaded model, which must be its base")
-                export_format = RadioField([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
+                export_format = radio_field([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
                                          label="Format", elem_id="export-format", scale=3)
-                export_name = TextField("", max_chars=limits.name, label="Folder name (under exports/)",
+                export_name = text_field("", max_chars=limits.name, label="Folder name (under exports/)",
                                         placeholder="automatic", scale=1)
             export_button = gr.Button("Export", variant="primary", elem_id="export")
             export_status = gr.Markdown(elem_id="export-status")
             export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
             with gr.Accordion("Push to the Hugging Face Hub", open=True):
                 with gr.Row():
-                    push_choice = DropdownField(workspace.exports(), optional=True, label="Export to push",
+                    push_choice = dropdown_field(workspace.exports(), optional=True, label="Export to push",
                                                 elem_id="push-choice")
-                    repo_id = TextField("", max_chars=limits.repo_id, label="Repo id",
+                    repo_id = text_field("", max_chars=limits.repo_id, label="Repo id",
                                         placeholder="your-name/model-name", elem_id="repo-id")
-                    private = CheckboxField(True, label="Private (for a new repo)")
-                hub_token = TextField("", max_chars=limits.token, type="password", label="Token with write access",
+                    private = checkbox_field(True, label="Private (for a new repo)")
+                hub_token = text_field("", max_chars=limits.token, type="password", label="Token with write access",
                                        placeholder="empty: the app's HF_TOKEN secret", elem_id="hub-token",
                                        info="Used for this push only: never shown, logged or kept.")
                 push_button = gr.Button("Push", elem_id="push")
@@ -448,7 +448,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             grad_frame = series[series.series == "grad norm"] if series is not None else None
             return (
                 _progress_html(progress_fraction(job)),
-                progress_line(job),
+                workspace.shown(progress_line(job)),  # its error may name the run's folder
                 losses,
                 lr_frame,
                 grad_frame,

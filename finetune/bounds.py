@@ -106,7 +106,7 @@ def shorten(text: str, chars: int = 60) -> str:
 
 
 def _figure(value: float) -> str:
-    return f"{value:,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 @dataclass(frozen=True)

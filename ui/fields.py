@@ -8,6 +8,8 @@ from the engine's settings (`finetune.bounds`), so a widget, the API and the dat
 
 from __future__ import annotations
 
+import types
+
 import gradio as gr
 import pydantic
 from gradio.components.chatbot import ChatbotDataMessages
@@ -19,105 +21,102 @@ def _refuse(err: Exception) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
 
-class NumberField(gr.Number):
-    """A number box over a `Range`: whole numbers arrive as int, the rest as float."""
-
-    def __init__(self, value, *, bound: Range, **kwargs):
-        super().__init__(value, minimum=bound.low, maximum=bound.high, precision=0 if bound.whole else None,
-                         **kwargs)
-        self.bound = bound
-
-    def preprocess(self, payload):
-        try:
-            return number_from(payload, self.label, self.bound)
-        except ValueError as err:
-            raise _refuse(err) from None
+def _check_with(component, check):
+    """Replace the component's `preprocess` with `check(component, payload)`. Not a subclass: Gradio builds
+    the page's config from a class's constructor signature and names the widget after the class, and
+    writes a stub file beside any component class it meets."""
+    component.preprocess = types.MethodType(check, component)
+    return component
 
 
-class SliderField(gr.Slider):
-    def __init__(self, value, *, bound: Range, **kwargs):
-        kwargs.setdefault("step", 1 if bound.whole else 0.05)
-        super().__init__(bound.low, bound.high, value, **kwargs)
-        self.bound = bound
-
-    def preprocess(self, payload):
-        try:
-            return number_from(payload, self.label, self.bound)
-        except ValueError as err:
-            raise _refuse(err) from None
+def _number(component, payload):
+    try:
+        return number_from(payload, component.label, component.bound)
+    except ValueError as err:
+        raise _refuse(err) from None
 
 
-class TextField(gr.Textbox):
+def number_field(value, bound: Range, **kwargs) -> gr.Number:
+    """A number box over `bound`: whole numbers arrive as int, the rest as float."""
+    field = gr.Number(value, minimum=bound.low, maximum=bound.high, precision=0 if bound.whole else None, **kwargs)
+    field.bound = bound
+    return _check_with(field, _number)
+
+
+def slider_field(value, bound: Range, **kwargs) -> gr.Slider:
+    kwargs.setdefault("step", 1 if bound.whole else 0.05)
+    field = gr.Slider(bound.low, bound.high, value, **kwargs)
+    field.bound = bound
+    return _check_with(field, _number)
+
+
+def _text(component, payload):
+    try:
+        return text_from(payload, component.label, component.max_chars)
+    except ValueError as err:
+        raise _refuse(err) from None
+
+
+def text_field(value: str = "", *, max_chars: int, **kwargs) -> gr.Textbox:
     """A text box of at most `max_chars` characters (the page stops typing there; the API is refused)."""
-
-    def __init__(self, value="", *, max_chars: int, **kwargs):
-        super().__init__(value, max_length=max_chars, **kwargs)
-        self.max_chars = max_chars
-
-    def preprocess(self, payload):
-        try:
-            return text_from(payload, self.label, self.max_chars)
-        except ValueError as err:
-            raise _refuse(err) from None
+    field = gr.Textbox(value, max_length=max_chars, **kwargs)
+    field.max_chars = max_chars
+    return _check_with(field, _text)
 
 
-class CheckboxField(gr.Checkbox):
-    def preprocess(self, payload):
-        if payload is not None and not isinstance(payload, bool):
-            raise gr.Error(f"{self.label} must be true or false, not {shorten(repr(payload))}", print_exception=False)
-        return bool(payload)
+def _flag(component, payload):
+    if payload is not None and not isinstance(payload, bool):
+        raise gr.Error(f"{component.label} must be true or false, not {shorten(repr(payload))}",
+                       print_exception=False)
+    return bool(payload)
 
 
-def _choice_preprocess(component, payload, parent):
+def checkbox_field(value: bool, **kwargs) -> gr.Checkbox:
+    return _check_with(gr.Checkbox(value, **kwargs), _flag)
+
+
+def _choice(component, payload):
     """A closed choice must be one offered (or nothing, where nothing picked is a choice the handler
     explains); a custom value (allow_custom_value) must be bounded text."""
     if payload is None and component.optional:
         return None
-    if component.allow_custom_value:
-        try:
-            return text_from(payload, component.label, component.max_chars)
-        except ValueError as err:
-            raise _refuse(err) from None
+    if getattr(component, "allow_custom_value", False):
+        return _text(component, payload)
     offered = [value for _, value in component.choices]
     if payload not in offered:
         raise gr.Error(f"{component.label} must be one of {', '.join(map(str, offered))}, not "
                        f"{shorten(repr(payload))}", print_exception=False)
-    return parent.preprocess(component, payload)
+    return offered[offered.index(payload)]  # 8 for 8.0: the offered value itself
 
 
-class DropdownField(gr.Dropdown):
-    # Named arguments only: Gradio's constructor wrapper drops positional ones it cannot name.
-    def __init__(self, choices=None, *, max_chars: int = 200, optional: bool = False, **kwargs):
-        super().__init__(choices, **kwargs)
-        self.max_chars, self.optional = max_chars, optional
-
-    def preprocess(self, payload):
-        return _choice_preprocess(self, payload, gr.Dropdown)
+def dropdown_field(choices, *, max_chars: int = 200, optional: bool = False, **kwargs) -> gr.Dropdown:
+    """A closed choice (or, with allow_custom_value, text of at most `max_chars`); `optional`: nothing picked
+    reaches the handler as None, for it to explain."""
+    field = gr.Dropdown(choices, **kwargs)
+    field.max_chars, field.optional = max_chars, optional
+    return _check_with(field, _choice)
 
 
-class RadioField(gr.Radio):
-    allow_custom_value = False
-    optional = False
-
-    def preprocess(self, payload):
-        return _choice_preprocess(self, payload, gr.Radio)
+def radio_field(choices, **kwargs) -> gr.Radio:
+    field = gr.Radio(choices, **kwargs)
+    field.optional = False
+    return _check_with(field, _choice)
 
 
-class ChatPane(gr.Chatbot):
+def chat_pane(**kwargs) -> gr.Chatbot:
     """A chat whose history, sent back with each question, must be in Gradio's messages format."""
+    pane = gr.Chatbot(**kwargs)
+    label = pane.label
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        label = self.label
+    class CheckedMessages(ChatbotDataMessages):
+        @classmethod
+        def model_validate(cls, obj, **validate_kwargs):
+            try:
+                return ChatbotDataMessages.model_validate(obj, **validate_kwargs)
+            except pydantic.ValidationError as err:
+                reason = err.errors()[0]["msg"]
+                raise gr.Error(f"{label}: the chat history is not a list of chat messages ({reason}); press "
+                               "Clear, or send [] to start a new conversation", print_exception=False) from None
 
-        class CheckedMessages(ChatbotDataMessages):
-            @classmethod
-            def model_validate(cls, obj, **validate_kwargs):
-                try:
-                    return ChatbotDataMessages.model_validate(obj, **validate_kwargs)
-                except pydantic.ValidationError as err:
-                    reason = err.errors()[0]["msg"]
-                    raise gr.Error(f"{label}: the chat history is not a list of chat messages ({reason}); press "
-                                   "Clear, or send [] to start a new conversation", print_exception=False) from None
-
-        self.data_model = CheckedMessages  # checked before `preprocess`: Gradio validates the data model first
+    pane.data_model = CheckedMessages  # checked before `preprocess`: Gradio validates the data model first
+    return pane
