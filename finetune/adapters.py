@@ -41,6 +41,24 @@ def attach_fresh_adapter(loaded: LoadedModel, lora: LoraSettings):
     return model
 
 
+def remove_adapter(loaded: LoadedModel) -> None:
+    """Take the adapter off the model (unmerged): the base model answers alone again."""
+    if loaded.has_adapter:
+        loaded.model = loaded.model.unload()
+    loaded.adapter_dir = None
+    loaded.decoder = None
+
+
+def nonfinite_weight(model) -> str | None:
+    """The name of the first trained (LoRA) weight holding a NaN or an infinity, if any."""
+    import torch
+
+    for name, weight in model.named_parameters():
+        if weight.requires_grad and not bool(torch.isfinite(weight).all()):
+            return name
+    return None
+
+
 def _unsloth_checkpointing(lora: LoraSettings) -> str | bool:
     if not lora.gradient_checkpointing:
         return False

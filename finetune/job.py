@@ -33,6 +33,8 @@ class TrainingJob:
         self.result: dict | None = None
         self.started_at = time.time()
         self.stop_requested = threading.Event()
+        self.diverged: str | None = None
+        """What went non-finite and at which step, once the loss or the gradients did (the run then fails)."""
         self.evaluating: str | None = None
         """While the run evaluates on its held-out rows: e.g. "fine-tuned 3/8"."""
         self._changed = threading.Condition()

@@ -157,10 +157,12 @@ class RunSummary:
     step: int
     total_steps: int | None
     checkpoint_step: int | None
+    diverged: bool = False
+    """Its loss went non-finite: resuming would diverge the same way at the same settings."""
 
     @property
     def resumable(self) -> bool:
-        return self.status in RESUMABLE and self.checkpoint_step is not None
+        return self.status in RESUMABLE and self.checkpoint_step is not None and not self.diverged
 
     def describe(self) -> str:
         where = f"step {self.step}/{self.total_steps or '?'}"
@@ -200,5 +202,6 @@ def list_runs(runs_dir: str | Path) -> list[RunSummary]:
         checkpoint = last_checkpoint(folder)
         runs.append(RunSummary(folder.name, folder, record.get("status", "?"),
                                metrics[-1]["step"] if metrics else record.get("steps", 0),
-                               record.get("total_steps"), checkpoint_step(checkpoint) if checkpoint else None))
+                               record.get("total_steps"), checkpoint_step(checkpoint) if checkpoint else None,
+                               bool(record.get("diverged"))))
     return sorted(runs, key=lambda run: run.folder.stat().st_mtime, reverse=True)

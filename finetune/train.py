@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import threading
 import time
 import traceback
@@ -20,7 +21,7 @@ from pathlib import Path
 from transformers import PrinterCallback, Trainer, TrainerCallback
 from trl import SFTTrainer
 
-from finetune.adapters import attach_fresh_adapter, restore_4bit_training_layout
+from finetune.adapters import attach_fresh_adapter, nonfinite_weight, remove_adapter, restore_4bit_training_layout
 from finetune.backend import is_main_process
 from finetune.config import LoraSettings, TrainSettings
 from finetune.formats import PreparedDataset
@@ -41,6 +42,10 @@ from finetune.runs import (
     update_record,
     write_json_atomic,
 )
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the gradients or a trained weight became NaN or infinite: nothing of the run is kept."""
 
 
 def start_training(
@@ -88,6 +93,9 @@ def resume_training(loaded: LoadedModel, run_dir: str | Path) -> TrainingJob:
         raise RunFolderError(f"{run_dir.name} is still running")
     if record.get("status") == "done":
         raise RunFolderError(f"{run_dir.name} has already finished all its {record.get('steps')} steps")
+    if record.get("diverged"):
+        raise RunFolderError(f"{run_dir.name} diverged (its loss became non-finite); start a new run with a lower "
+                             "learning rate")
     checkpoint = last_checkpoint(run_dir)
     if checkpoint is None:
         raise RunFolderError(f"{run_dir.name} has no checkpoint yet (it ended before the first one); start it again")
@@ -119,7 +127,8 @@ def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> No
         error = explain_failure(err, train)
         if is_main_process():
             with contextlib.suppress(OSError, RunFolderError):  # a full disk may refuse this too
-                update_record(output_dir, status="failed", error=error)
+                update_record(output_dir, status="failed", error=error,
+                              **({"diverged": True} if isinstance(err, TrainingDiverged) else {}))
     finally:
         loaded.model.eval()
         release_memory(loaded.device)  # the trainer, its optimizer, a failed step's buffers
@@ -159,9 +168,30 @@ def run_training(
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
-    status = "stopped" if job.stop_requested.is_set() else "done"
+    check_finite(loaded, job, train, output_dir)
+    # A Stop pressed during the last step still leaves a finished run: it is done, and evaluated (a Stop
+    # pressed from here on ends that evaluation).
+    finished = trainer.state.global_step >= trainer.state.max_steps
+    if finished:
+        job.stop_requested.clear()
+    status = "done" if finished else "stopped"
     # Whether the FP8 path really ran: a model Unsloth did not patch never reaches it.
     return save_run(loaded, data, train, lora, output_dir, job, status, fp8_matmuls=fp8 and fp8_calls() > 0)
+
+
+def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, output_dir: Path) -> None:
+    """Raise TrainingDiverged, and keep nothing of the run, if its loss, gradients or weights went non-finite:
+    an all-NaN adapter must be neither exported nor resumed (its checkpoints would diverge the same way)."""
+    weight = nonfinite_weight(loaded.model)
+    if job.diverged is None and weight is None:
+        return
+    what = job.diverged or f"the trained weight {weight} became NaN or infinite"
+    remove_adapter(loaded)
+    if is_main_process():
+        for checkpoint in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    raise TrainingDiverged(f"Training diverged: {what}. Lower the learning rate (now {train.learning_rate:g}) "
+                           "and start again; nothing was kept to export or resume.")
 
 
 def fp8_applies(loaded: LoadedModel, train: TrainSettings) -> bool:
@@ -314,6 +344,12 @@ class JobCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return  # the final summary log (train_runtime, ...) has no per-step loss
+        bad = [name for name in ("loss", "grad_norm") if not math.isfinite(float(logs.get(name, 0.0)))]
+        if bad and self.job.diverged is None:
+            # Logged before this step's checkpoint is written: stop, and write none of NaN weights.
+            self.job.diverged = f"the {bad[0].replace('_', ' ')} became {logs[bad[0]]} at step {state.global_step}"
+            control.should_training_stop = True
+            control.should_save = False
         now = time.perf_counter()
         tokens = _sum_over_processes(self.trainer.tokens_seen)
         elapsed = now - self.started
@@ -417,7 +453,7 @@ def _rewrite_metrics(output_dir: Path, metrics: list[dict]) -> None:
 
 def explain_failure(err: Exception, train: TrainSettings) -> str:
     """One sentence on what went wrong and what to change."""
-    if isinstance(err, RunFolderError):
+    if isinstance(err, (RunFolderError, TrainingDiverged)):
         return str(err)
     if isinstance(err, OSError) and err.errno is not None:
         return f"Could not write the run's files: {disk_error(err)}"

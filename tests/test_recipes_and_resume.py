@@ -72,7 +72,7 @@ def test_a_recipe_sets_the_run_and_a_flag_given_wins(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("train: {lr: 1}", "train.lr is not a setting; train has micro_batch_size"),
     ("train: {max_steps: many}", "train.max_steps must be a whole number, not 'many'"),
-    ("lora: {r: 0}", "LoRA rank r must be at least 1"),
+    ("lora: {r: 0}", "lora: r must be between 1 and 256, not 0"),
     ("trainer: {}", "unknown section 'trainer'"),
     ("model: [embedded]", "section 'model' must be a mapping"),
     ("train: {max_steps: 2", "not valid YAML"),
