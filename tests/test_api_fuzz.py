@@ -30,6 +30,10 @@ START = ["chat", "", 160, 10, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torc
 # repetition penalty, seed, template, system prompt
 CHAT = ["What is sepsis?", [], [], "Base only", 16, 0.0, 0.95, 1.0, 0, "chat", ""]
 LOAD = ["embedded", False, 160, "auto"]
+# Endpoints whose handler answers "No model loaded" or "Pick ..." without a model: (valid inputs, inputs not
+# fuzzed: files, which Gradio itself refuses unless uploaded)
+OTHERS = {"evaluate": (["sample-mcq", None, 2, 16, "auto"], {1}), "export": ([None, "adapter", ""], set()),
+          "push": ([None, "", "", True], set()), "resume_training": ([None], set())}
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12), st.sampled_from(["\ud800", "12", " 3 ", "1e400", "-0", "nan", "inf", "x" * 70_000]),
@@ -56,7 +60,7 @@ def api(app_server):
     labels = {}
     with urllib.request.urlopen(f"{url}gradio_api/info", timeout=30) as answer:
         endpoints = json.load(answer)["named_endpoints"]
-    for name in ("start_training", "chat", "load_model"):
+    for name in ("start_training", "chat", "load_model", *OTHERS):
         labels[name] = [parameter["label"] for parameter in endpoints[f"/{name}"]["parameters"]]
     return url, labels
 
@@ -92,6 +96,18 @@ def test_any_value_for_any_chat_field_is_named_or_handled(api, data):
                       "value")
     sent = [*CHAT[:index], value, *CHAT[index + 1:]]
     assert_named_or_handled(*call(url, "chat", sent), labels["chat"][index], value)
+
+
+@settings(FUZZ, max_examples=15)
+@pytest.mark.parametrize("endpoint", list(OTHERS))
+@given(data=st.data())
+def test_any_value_for_any_field_of_the_other_endpoints_is_named_or_handled(api, endpoint, data):
+    url, labels = api
+    valid, skipped = OTHERS[endpoint]
+    index = data.draw(st.sampled_from([i for i in range(len(valid)) if i not in skipped]), "field")
+    value = data.draw(JUNK, "value")
+    sent = [*valid[:index], value, *valid[index + 1:]]
+    assert_named_or_handled(*call(url, endpoint, sent), labels[endpoint][index], value)
 
 
 @pytest.mark.parametrize(("index", "value", "message"), [
