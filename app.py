@@ -374,7 +374,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         def read(choice, file, hub_split):
             """Read the choice once; the column pickers get its columns, pre-set to what was detected."""
             try:
-                raw = read_dataset(choice, file, hub_split, settings.max_upload_mb)
+                raw = read_dataset(choice, file, hub_split, settings.max_upload_mb, workspace.read_limits)
             except VISITOR_ERRORS as err:
                 return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {workspace.shown(err)}"
             detected = raw.detected()
@@ -693,7 +693,8 @@ def main() -> None:
                        preload=args.preload, allow_local_paths=args.allow_local_paths)
     device = default_device()
     workspace = Workspace(settings.output_dir, allow_local_paths=settings.allow_local_paths,
-                          real_rows=settings.real_rows, text_limits=settings.text_limits)
+                          real_rows=settings.real_rows, text_limits=settings.text_limits,
+                          read_limits=settings.read_limits)
     if settings.preload:  # in the background: the page is usable at once, and shows the model when it is ready
         threading.Thread(target=workspace.load, args=(ModelSettings(settings.preload),), daemon=True).start()
     demo = build_app(workspace, device, settings)

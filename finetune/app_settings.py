@@ -14,6 +14,7 @@ Read from the environment (a Space's "Variables", `docker run -e`), then the com
                                  the server's files.
     FINETUNE_REAL_ROWS           a file of real medical-o1 rows the Evaluate tab offers (default
                                  ../shared/data/medical_o1_sample.jsonl where it exists)
+    FINETUNE_MAX_ROWS            most rows a dataset may hold once read (100000)
     FINETUNE_MAX_MESSAGE_CHARS   longest chat question (4000): each character is read before the
                                  first token, in one step Stop cannot cut
     FINETUNE_MAX_CONVERSATION_CHARS  a question with its pane's earlier turns (24000)
@@ -23,11 +24,11 @@ Read from the environment (a Space's "Variables", `docker run -e`), then the com
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.bounds import TextLimits
-from finetune.data import REAL_ROWS
+from finetune.data import READ_LIMITS, REAL_ROWS, ReadLimits
 from finetune.models import PRESETS
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -50,6 +51,7 @@ class AppSettings:
     real_rows: Path | None = None
     """Real medical-o1 rows to evaluate on, never bundled or trained on; None: not offered."""
     text_limits: TextLimits = field(default_factory=TextLimits)
+    read_limits: ReadLimits = READ_LIMITS
 
     @property
     def exports_dir(self) -> Path:
@@ -70,6 +72,8 @@ def settings_from_env(env: dict[str, str] | None = None) -> AppSettings:
         allow_local_paths=_flag(env.get("FINETUNE_ALLOW_LOCAL_PATHS", ""), "FINETUNE_ALLOW_LOCAL_PATHS"),
         real_rows=_real_rows(env.get("FINETUNE_REAL_ROWS", "")),
         text_limits=_text_limits(env),
+        read_limits=replace(READ_LIMITS, rows=_number(env["FINETUNE_MAX_ROWS"], "FINETUNE_MAX_ROWS"))
+        if env.get("FINETUNE_MAX_ROWS") else READ_LIMITS,
     )
 
 

@@ -22,7 +22,9 @@ def smoothed(values: list[float], weight: float = 0.8) -> list[float]:
 
 
 def loss_rows(metrics: list[dict], weight: float = 0.8) -> list[dict]:
-    """Long-format rows for a plot: each step's raw loss and its smoothed curve."""
+    """Long-format rows for a plot: each step's raw loss and its smoothed curve (a diverged run's last,
+    non-finite loss is left out: it would turn the smoothed curve to NaN)."""
+    metrics = [m for m in metrics if math.isfinite(m["loss"])]
     curve = smoothed([m["loss"] for m in metrics], weight)
     raw = [{"step": m["step"], "loss": m["loss"], "curve": "raw"} for m in metrics]
     smooth = [

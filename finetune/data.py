@@ -3,6 +3,10 @@
 Sources: our bundled sample, medical-o1-reasoning-SFT from the Hub, or a user's file
 (.jsonl, .json, .csv, .parquet). Columns are detected by name and can be overridden. Every problem
 is reported as one DatasetError sentence naming the file, line or row, and column.
+
+What a file may become once read is bounded (`ReadLimits`: rows, cells, characters, decoded size), and
+checked while it is read, before it is held in full: a Parquet file by its metadata, then batch by batch;
+JSON by its values, then row by row; a Hub slice on its memory-mapped Arrow data.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import random
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from finetune.hub import hub_offline_mode, hub_reachable
@@ -100,11 +106,86 @@ ROLES = tuple(ColumnMap.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------------------------------------
+# Read limits: what an upload may become once read, whatever its size on disk
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """The most a dataset may become once read, checked before it is held in full.
+
+    A file's size on disk says little: a Parquet file of 20 KB can decompress to millions of rows, and
+    read in full that held over 1 GB of the app's memory. Each reader counts as it goes and refuses
+    past the first limit, naming it."""
+
+    rows: int = 100_000
+    """medical-o1 English is about 19.7k rows, and a short LoRA run trains on a few thousand at most."""
+    cells: int = 2_000_000
+    """Rows times the columns present: 100,000 rows of 20 columns. For JSON, values nested in a cell
+    count as cells too (each is a Python object); for Parquet, the values of each nested column."""
+    characters: int = 200_000_000
+    """All the text in all the cells: medical-o1 English comes to about 70M characters."""
+    decoded_mb: int = 512
+    """Parquet: the data uncompressed (its metadata's, then as read); text formats: the file's size. A GPU
+    Space has tens of GB of RAM, shared with the model; 512 MB of data is several times medical-o1."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"the read limit {item.name} must be a whole number of at least 1, not {value!r}")
+
+    def check(self, name: str, rows: int = 0, cells: int = 0, characters: int = 0, mb: float = 0.0,
+              advice: str = "upload a smaller file or split it") -> None:
+        """DatasetError naming `name` and the first limit that `rows`, `cells`, `characters` or `mb` is past."""
+        if rows > self.rows:
+            over = f"more than {self.rows:,} rows (the limit here is {self.rows:,})"
+        elif cells > self.cells:
+            over = f"more than {self.cells:,} cells, rows times columns (the limit here is {self.cells:,})"
+        elif characters > self.characters:
+            over = f"its text comes to more than {self.characters:,} characters (the limit here is {self.characters:,})"
+        elif mb > self.decoded_mb:
+            over = f"decompresses to more than {self.decoded_mb:,} MB (the limit here is {self.decoded_mb:,} MB)"
+        else:
+            return
+        raise DatasetError(f"{name}: {over}; {advice}")
+
+
+READ_LIMITS = ReadLimits()
+"""The limits every reader applies unless it is given others."""
+
+
+@dataclass
+class _Tally:
+    """What a reader has read so far, refused as soon as it is past one of `limits`."""
+
+    name: str
+    limits: ReadLimits
+    rows: int = 0
+    cells: int = 0
+    characters: int = 0
+    mb: float = 0.0
+
+    def add(self, rows: int = 1, cells: int = 0, characters: int = 0, mb: float = 0.0) -> None:
+        self.rows += rows
+        self.cells += cells
+        self.characters += characters
+        self.mb += mb
+        self.limits.check(self.name, self.rows, self.cells, self.characters, self.mb)
+
+
+def _bare(err: DatasetError) -> DatasetError:
+    """`err` without its traceback and context: they hold the reader's frames, and with them every row read
+    so far, for as long as anyone keeps the message; a refused file's rows must be freed at once."""
+    err.__context__ = None
+    return err.with_traceback(None)
+
+
+# ---------------------------------------------------------------------------------------------
 # Reading files
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Read a .jsonl/.json/.csv/.parquet file into a list of row dicts."""
+def read_records(path: str | Path, limits: ReadLimits = READ_LIMITS) -> list[dict]:
+    """Read a .jsonl/.json/.csv/.parquet file into a list of row dicts, refusing one past `limits`."""
     path = Path(path)
     name = path.name
     if not path.is_file():
@@ -112,19 +193,27 @@ def read_records(path: str | Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         raise DatasetError(f"{name}: unsupported file type '{suffix or 'none'}'; use one of {', '.join(FILE_TYPES)}")
-    if suffix == ".parquet":
-        rows = _read_parquet(path)
-    else:
-        text = _read_text(path)
-        if not text.strip():
-            raise DatasetError(f"{name}: the file is empty")
-        rows = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix](text, name)
+    try:
+        if suffix == ".parquet":
+            rows = _read_parquet(path, _Tally(name, limits))
+        else:
+            text = _read_text(path, limits)
+            if not text.strip():
+                raise DatasetError(f"{name}: the file is empty")
+            parse = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix]
+            rows = parse(text, _Tally(name, limits))
+    except DatasetError as err:
+        raise _bare(err) from None
     if not rows:
         raise DatasetError(f"{name}: the file has no rows")
     return rows
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, limits: ReadLimits) -> str:
+    size_mb = path.stat().st_size / 2**20
+    if size_mb > limits.decoded_mb:
+        raise DatasetError(f"{path.name}: more than {limits.decoded_mb:,} MB of text (the limit here is "
+                           f"{limits.decoded_mb:,} MB); upload a smaller file or split it")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
@@ -138,13 +227,28 @@ def _read_text(path: Path) -> str:
 # Line breaks as editors count them. Not str.splitlines(): it also breaks at U+2028, U+2029 and U+0085,
 # which JSON allows unescaped inside a string, and so would cut valid rows in two.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # what json itself skips between tokens
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
-def _load_json(text: str, name: str, where: str, line: int = 1):
-    """json.loads with every failure as one DatasetError; `where` names the part read ('line 3', 'the file')
-    and `line` is the file's line that `text` starts on."""
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text`, one at a time: a list of them all would copy a large file once more."""
+    start = 0
+    for line_break in _LINE_BREAK.finditer(text):
+        yield text[start:line_break.start()]
+        start = line_break.end()
+    yield text[start:]
+
+
+@contextmanager
+def _json_errors(name: str, where: str, line: int = 1) -> Iterator[None]:
+    """Every failure of json as one DatasetError; `where` names the part read ('line 3', 'the file')
+    and `line` is the file's line that the text read starts on."""
     try:
-        return json.loads(text)
+        yield
+    except DatasetError:
+        raise
     except json.JSONDecodeError as err:
         raise DatasetError(
             f"{name}: malformed JSON on line {line + err.lineno - 1}: {err.msg} (column {err.colno})"
@@ -157,20 +261,44 @@ def _load_json(text: str, name: str, where: str, line: int = 1):
         ) from None
 
 
-def _parse_jsonl(text: str, name: str) -> list[dict]:
+def _load_json(text: str, name: str, where: str, line: int = 1):
+    with _json_errors(name, where, line):
+        return json.loads(text)
+
+
+def _check_json_values(text: str, tally: _Tally) -> None:
+    """Refuse JSON that holds more values than the limits allow, before any is built. Rows are counted
+    as they are read, but one row can nest millions of values (`[{"q": [{}, {}, ...]}]`), each a Python
+    object: outside strings, every value but the first follows a comma or opens a list or object."""
+    structure = _JSON_STRING.sub("", text)
+    values = structure.count(",") + structure.count("[") + structure.count("{")
+    del structure
+    # A flat file within the limits has up to cells + rows of them (a comma between rows), and a few more
+    # for an object around its list: twice that never refuses one, and still bounds what a file can build.
+    if values > 2 * (tally.limits.cells + tally.limits.rows):
+        tally.limits.check(tally.name, cells=values)
+
+
+def _parse_jsonl(text: str, tally: _Tally) -> list[dict]:
+    name = tally.name
+    _check_json_values(text, tally)
     rows = []
-    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         row = _load_json(line, name, f"line {number}", number)
         if not isinstance(row, dict):
             raise DatasetError(f"{name}: line {number} is a JSON {type(row).__name__}, expected an object")
+        tally.add(cells=len(row), characters=len(line))
         rows.append(row)
     return rows
 
 
-def _parse_json(text: str, name: str) -> list[dict]:
-    data = _load_json(text, name, "the file")
+def _parse_json(text: str, tally: _Tally) -> list[dict]:
+    name = tally.name
+    _check_json_values(text, tally)
+    with _json_errors(name, "the file"):
+        data = _json_document(text, tally)
     if isinstance(data, dict):
         # {"data": [...]} / {"train": [...]}: take the one list of rows it holds.
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -185,8 +313,77 @@ def _parse_json(text: str, name: str) -> list[dict]:
     return data
 
 
-def _parse_csv(text: str, name: str) -> list[dict]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+def _json_document(text: str, tally: _Tally):
+    """json.loads(text), but a list at the top, or in an object at the top, is read item by item and
+    counted as it goes, so a file of a million rows is refused without building them. The errors are
+    json's own, at the same places."""
+    start = _JSON_SPACE.match(text).end()
+    if text.startswith("[", start):
+        data, end = _json_rows(text, start, tally)
+    elif text.startswith("{", start):
+        data, end = _json_object(text, start, tally)
+    else:  # a lone value, or not JSON at all: json words it
+        return json.loads(text)
+    end = _JSON_SPACE.match(text, end).end()
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return data
+
+
+def _json_rows(text: str, start: int, tally: _Tally) -> tuple[list, int]:
+    """The list that opens at `start`, each item counted (its cells, its length in the file) as it is read;
+    and where the list ends."""
+    items: list = []
+    at = _JSON_SPACE.match(text, start + 1).end()
+    if text.startswith("]", at):
+        return items, at + 1
+    while True:
+        item, end = _DECODER.raw_decode(text, at)
+        tally.add(cells=len(item) if isinstance(item, dict) else 1, characters=end - at)
+        items.append(item)
+        at = _JSON_SPACE.match(text, end).end()
+        if text.startswith("]", at):
+            return items, at + 1
+        if not text.startswith(",", at):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+        at = _JSON_SPACE.match(text, at + 1).end()
+
+
+def _json_object(text: str, start: int, tally: _Tally) -> tuple[dict, int]:
+    """The object that opens at `start`, its lists read by `_json_rows` (the rows are one of them);
+    and where it ends."""
+    found: dict = {}
+    at = _JSON_SPACE.match(text, start + 1).end()
+    if text.startswith("}", at):
+        return found, at + 1
+    while True:
+        if not text.startswith('"', at):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, at)
+        key, at = json.decoder.scanstring(text, at + 1)
+        at = _JSON_SPACE.match(text, at).end()
+        if not text.startswith(":", at):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
+        at = _JSON_SPACE.match(text, at + 1).end()
+        found[key], at = _json_rows(text, at, tally) if text.startswith("[", at) else _DECODER.raw_decode(text, at)
+        at = _JSON_SPACE.match(text, at).end()
+        if text.startswith("}", at):
+            return found, at + 1
+        if not text.startswith(",", at):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+        at = _JSON_SPACE.match(text, at + 1).end()
+
+
+def _csv_lines(text: str, tally: _Tally) -> Iterator[str]:
+    """The file's lines for the CSV reader, refusing one that alone would split into more cells than the
+    limit: the reader builds a row's cells, the header's too, before we see them."""
+    for line in io.StringIO(text, newline=""):
+        tally.limits.check(tally.name, cells=line.count(",") + 1)
+        yield line
+
+
+def _parse_csv(text: str, tally: _Tally) -> list[dict]:
+    name = tally.name
+    reader = csv.DictReader(_csv_lines(text, tally))
     # The line the reader is on (where a row ends: a quoted cell can span lines); DictReader's own
     # line_num lags behind when a row fails.
     lines = reader.reader
@@ -199,57 +396,169 @@ def _parse_csv(text: str, name: str) -> list[dict]:
         for row in reader:
             if None in row:
                 raise DatasetError(f"{name}: line {lines.line_num} has more cells than the header has columns")
+            tally.add(cells=len(row), characters=sum(len(cell) for cell in row.values() if isinstance(cell, str)))
             rows.append(row)
     except csv.Error as err:
         raise DatasetError(f"{name}: malformed CSV on line {lines.line_num}: {err}") from None
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict]:
+PARQUET_BATCH_ROWS = 4096
+"""Rows decoded at a time, each batch counted before the next: what a file can make the reader hold
+beyond the limits, whatever its metadata says."""
+
+
+def _read_parquet(path: Path, tally: _Tally) -> list[dict]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        with pq.ParquetFile(path) as parquet:  # not pq.read_table: it fails on a repeated column name
-            table = parquet.read()
-        names = table.column_names  # decoded here: a damaged file's names may not be UTF-8
-    except Exception as err:  # pyarrow raises several types for a damaged file
-        # Its first line, without the server's folders: Arrow quotes the whole path.
-        reason = (str(err).replace(str(path), path.name).splitlines() or [type(err).__name__])[0]
-        raise DatasetError(f"{path.name}: not a readable Parquet file ({reason})") from None
-    repeated = [column for column, count in Counter(names).items() if count > 1]
-    if repeated:
-        raise DatasetError(f"{path.name}: column '{repeated[0]}' appears more than once; give each column its own name")
+        with _parquet_errors(path):
+            table = _read_parquet_table(path, tally)
+    except DatasetError as err:
+        err = _bare(err)  # which frees the batches read so far,
+        pa.default_memory_pool().release_unused()  # and this gives their memory back at once
+        raise err from None
+    rows = _table_rows(table, path.name)
+    del table
+    pa.default_memory_pool().release_unused()
+    return rows
+
+
+def _table_rows(table, name: str) -> list[dict]:
+    import pyarrow as pa
+
     rows: list[dict] = [{} for _ in range(table.num_rows)]
-    for column, values in zip(names, table.columns, strict=True):
+    for column, values in zip(table.column_names, table.columns, strict=True):
         try:
             cells = values.to_pylist()
         except Exception:  # e.g. a date past year 9999: Arrow holds it, Python's datetime cannot
             try:
                 cells = values.cast(pa.string()).to_pylist()  # as text, like any other cell
             except Exception as err:
-                raise DatasetError(f"{path.name}: column '{column}' cannot be read ({err})") from None
+                raise DatasetError(f"{name}: column '{column}' cannot be read ({err})") from None
         for row, cell in zip(rows, cells, strict=True):
             row[column] = cell
     return rows
 
 
-def read_hub_dataset(repo: str, config: str | None, split: str) -> list[dict]:
-    """Download a slice of a Hub dataset; one clear sentence when the Hub cannot be reached."""
+def _read_parquet_table(path: Path, tally: _Tally):
+    """The file as an Arrow table, refused by its metadata before any data is read, then batch by batch."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:  # not pq.read_table: it fails on a repeated column name
+        names = parquet.schema_arrow.names  # decoded here: a damaged file's names may not be UTF-8
+        repeated = [column for column, count in Counter(names).items() if count > 1]
+        if repeated:
+            raise DatasetError(
+                f"{path.name}: column '{repeated[0]}' appears more than once; give each column its own name")
+        _check_parquet_metadata(parquet.metadata, len(names), tally)
+        text_columns = _text_columns(parquet.schema)
+    # Text read as dictionaries: a value repeated in a million rows is held once, and counted per row.
+    with pq.ParquetFile(path, read_dictionary=text_columns) as parquet:
+        batches = []
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
+            tally.add(rows=batch.num_rows, cells=batch.num_rows * batch.num_columns,
+                      characters=sum(_text_length(column) for column in batch.columns), mb=batch.nbytes / 2**20)
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=parquet.schema_arrow if not batches else None)
+
+
+def _check_parquet_metadata(metadata, columns: int, tally: _Tally) -> None:
+    """Refuse by what the footer says, before reading any data: rows, cells (and the values of nested
+    columns, each a Python object), and the size uncompressed."""
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    values = sum(group.column(j).num_values for group in groups for j in range(group.num_columns))
+    tally.limits.check(tally.name, rows=metadata.num_rows, cells=max(metadata.num_rows * columns, values),
+                       mb=sum(group.total_byte_size for group in groups) / 2**20)
+
+
+def _text_columns(schema) -> list[str]:
+    """The paths of the columns that hold text or bytes (nested ones too), which Arrow can read as dictionaries."""
+    leaves = (schema.column(i) for i in range(len(schema)))
+    return [leaf.path for leaf in leaves
+            if leaf.physical_type == "BYTE_ARRAY" and leaf.logical_type.type in ("STRING", "NONE")]
+
+
+@contextmanager
+def _parquet_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except DatasetError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        # Its first line, without the server's folders: Arrow quotes the whole path.
+        reason = (str(err).replace(str(path), path.name).splitlines() or [type(err).__name__])[0]
+        raise DatasetError(f"{path.name}: not a readable Parquet file ({reason})") from None
+
+
+def _text_length(array) -> int:
+    """Characters of text (bytes of binary) in an Arrow array or chunked array, nested values included,
+    counted without making Python objects of them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(array, pa.ChunkedArray):
+        return sum(_text_length(chunk) for chunk in array.chunks)
+    kind = array.type
+    if pa.types.is_dictionary(kind):  # each row counts its value's length
+        lengths = _lengths(array.dictionary)
+        return 0 if lengths is None else pc.sum(pc.take(lengths, array.indices)).as_py() or 0
+    lengths = _lengths(array)
+    if lengths is not None:
+        return pc.sum(lengths).as_py() or 0
+    if pa.types.is_map(kind):
+        return _text_length(array.keys) + _text_length(array.items)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _text_length(array.flatten())
+    if pa.types.is_struct(kind):
+        return sum(_text_length(child) for child in array.flatten())
+    return 0
+
+
+def _lengths(array):
+    """Each value's length, for an array of text or bytes; None for any other."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.utf8_length(array)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pc.binary_length(array)
+    return None
+
+
+HUB_ADVICE = "pick a smaller slice, e.g. train[0:500]"
+
+
+def read_hub_dataset(repo: str, config: str | None, split: str, limits: ReadLimits = READ_LIMITS) -> list[dict]:
+    """Download a slice of a Hub dataset; one clear sentence when the Hub cannot be reached, or when the
+    slice is past `limits` (checked on the memory-mapped Arrow data, before it becomes Python rows)."""
+    where = f"Dataset {repo} ({config}, {split})"
     if not hub_offline_mode() and not hub_reachable():
         raise DatasetError(
-            f"Dataset {repo} ({config}, {split}): the Hugging Face Hub cannot be reached from this machine "
+            f"{where}: the Hugging Face Hub cannot be reached from this machine "
             "(offline?); a dataset downloaded earlier loads with HF_HUB_OFFLINE=1, or use a local file"
         )
     try:
         from datasets import load_dataset
 
-        return load_dataset(repo, config, split=split).to_list()
+        dataset = load_dataset(repo, config, split=split)
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         if "connect" in reason.lower() or "offline" in reason.lower() or "resolve" in reason.lower():
             reason = "the Hugging Face Hub cannot be reached from here and the dataset is not cached"
-        raise DatasetError(f"Dataset {repo} ({config}, {split}): {reason}") from None
+        raise DatasetError(f"{where}: {reason}") from None
+    try:
+        rows, table = len(dataset), dataset.data.table
+        limits.check(where, rows=rows, cells=rows * table.num_columns,
+                     characters=sum(_text_length(column) for column in table.columns),
+                     mb=dataset.data.nbytes / 2**20, advice=HUB_ADVICE)
+    except DatasetError as err:
+        del dataset, table
+        raise _bare(err) from None
+    return dataset.to_list()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,15 +709,17 @@ def write_rows(rows: list[dict], path: str | Path) -> None:
     Path(path).write_text("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
 
 
-def read_source(source: str, split: str = "train[0:500]", max_rows: int | None = None) -> RawRows:
-    """Read a preset ('sample', 'medical-o1', ...) or a file into raw rows and their column names."""
+def read_source(source: str, split: str = "train[0:500]", max_rows: int | None = None,
+                limits: ReadLimits = READ_LIMITS) -> RawRows:
+    """Read a preset ('sample', 'medical-o1', ...) or a file into raw rows and their column names, refusing
+    a file or a Hub slice past `limits` before it is read in full."""
     if source == "sample":
-        name, rows = SAMPLE_FILE.name, read_records(SAMPLE_FILE)
+        name, rows = SAMPLE_FILE.name, read_records(SAMPLE_FILE, limits)
     elif source in HUB_PRESETS:
         repo, config = HUB_PRESETS[source]
-        name, rows = f"{repo}:{config}", read_hub_dataset(repo, config, split)
+        name, rows = f"{repo}:{config}", read_hub_dataset(repo, config, split, limits)
     else:
-        name, rows = Path(source).name, read_records(source)
+        name, rows = Path(source).name, read_records(source, limits)
     if max_rows is not None:
         rows = rows[:max_rows]
     columns = list(dict.fromkeys(key for row in rows for key in row))

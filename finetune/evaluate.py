@@ -26,7 +26,17 @@ from dataclasses import asdict, dataclass, field
 
 from finetune.bounds import SEED_MAX, check_ranges, ranged
 from finetune.config import EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE
-from finetune.data import DatasetError, EvalItem, Example, eval_items, read_source, resolve_columns, to_examples
+from finetune.data import (
+    READ_LIMITS,
+    DatasetError,
+    EvalItem,
+    Example,
+    ReadLimits,
+    eval_items,
+    read_source,
+    resolve_columns,
+    to_examples,
+)
 from finetune.formats import (
     IGNORE_INDEX,
     build_prompt,
@@ -110,9 +120,10 @@ class EvalReport:
 # Items
 
 
-def load_eval_items(source: str, columns: dict[str, str] | None = None, limit: int | None = None) -> list[EvalItem]:
-    """Read evaluation items from a preset or a file (see `finetune.data.eval_items`)."""
-    raw = read_source(source)
+def load_eval_items(source: str, columns: dict[str, str] | None = None, limit: int | None = None,
+                    limits: ReadLimits = READ_LIMITS) -> list[EvalItem]:
+    """Read evaluation items from a preset or a file (see `finetune.data.eval_items`), within `limits`."""
+    raw = read_source(source, limits=limits)
     rows = raw.rows[:limit] if limit else raw.rows
     mapping = resolve_columns(raw.columns, columns or {}, raw.name, need_answer="options" not in raw.columns)
     items = eval_items(rows, to_examples(rows, mapping, raw.name, strict=False), raw.name)

@@ -10,35 +10,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune.config import DataSettings
-from finetune.data import HUB_PRESETS, DatasetError, LoadedRows, RawRows, map_columns, read_source
+from finetune.data import (
+    HUB_PRESETS,
+    READ_LIMITS,
+    DatasetError,
+    LoadedRows,
+    RawRows,
+    ReadLimits,
+    map_columns,
+    read_source,
+)
 from finetune.formats import LengthStats, preview_row, tokenize_rows
 
 MAX_UPLOAD_MB = 50
 
 
-def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB) -> RawRows:
-    """Read an uploaded dataset file, refusing wrong types and oversized files with one sentence."""
+def read_upload(path: str | Path, max_mb: float = MAX_UPLOAD_MB, limits: ReadLimits = READ_LIMITS) -> RawRows:
+    """Read an uploaded dataset file, refusing wrong types, oversized files and files that expand past
+    `limits` with one sentence."""
     path = Path(path)
     if not path.is_file():  # e.g. Gradio's copy of the upload was cleaned away
         raise DatasetError(f"{path.name}: no such file; upload it again")
     size_mb = path.stat().st_size / 2**20
     if size_mb > max_mb:
         raise DatasetError(f"{path.name}: {size_mb:.0f} MB is over the {max_mb:g} MB upload limit")
-    return read_source(str(path))
+    return read_source(str(path), limits=limits)
 
 
 def read_dataset(source: str, upload: str | Path | None = None, split: str = "train[0:500]",
-                 max_mb: float = MAX_UPLOAD_MB) -> RawRows:
+                 max_mb: float = MAX_UPLOAD_MB, limits: ReadLimits = READ_LIMITS) -> RawRows:
     """Read a preset, or the uploaded file when `source` is 'upload': the one read of a visitor's choice.
 
     Never a path: a visitor names a preset or uploads a file (the CLI reads paths, the app does not)."""
     if source == "upload":
         if not upload:
             raise DatasetError("No file uploaded yet: drop a .jsonl, .json, .csv or .parquet file above.")
-        return read_upload(upload, max_mb)
+        return read_upload(upload, max_mb, limits)
     if source != "sample" and source not in HUB_PRESETS:
         raise DatasetError(f"{source!r} is not one of the datasets offered: pick one, or upload a file.")
-    return read_source(source, split)
+    return read_source(source, split, limits=limits)
 
 
 @dataclass

@@ -168,7 +168,7 @@ def run_training(
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_inference(model)
-    check_finite(loaded, job, train, output_dir)
+    check_finite(loaded, job, train, output_dir, trainer.state.global_step)
     # A Stop pressed during the last step still leaves a finished run: it is done, and evaluated (a Stop
     # pressed from here on ends that evaluation).
     finished = trainer.state.global_step >= trainer.state.max_steps
@@ -179,19 +179,29 @@ def run_training(
     return save_run(loaded, data, train, lora, output_dir, job, status, fp8_matmuls=fp8 and fp8_calls() > 0)
 
 
-def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, output_dir: Path) -> None:
+def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, output_dir: Path, step: int) -> None:
     """Raise TrainingDiverged, and keep nothing of the run, if its loss, gradients or weights went non-finite:
     an all-NaN adapter must be neither exported nor resumed (its checkpoints would diverge the same way)."""
     weight = nonfinite_weight(loaded.model)
     if job.diverged is None and weight is None:
         return
-    what = job.diverged or f"the trained weight {weight} became NaN or infinite"
-    remove_adapter(loaded)
+    what = job.diverged or f"The trained LoRA weight {weight} became NaN or infinite by step {step}"
+    remove_adapter(loaded)  # chat's fine-tuned pane then says there is no adapter, rather than answer NaNs
     if is_main_process():
-        for checkpoint in output_dir.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
-    raise TrainingDiverged(f"Training diverged: {what}. Lower the learning rate (now {train.learning_rate:g}) "
+        # adapter/ too: one a Stop saved before a resume belongs to a run that is now failed and not resumable.
+        for folder in [*output_dir.glob("checkpoint-*"), output_dir / "adapter"]:
+            shutil.rmtree(folder, ignore_errors=True)
+    raise TrainingDiverged(f"{what}: training diverged. Lower the learning rate (now {train.learning_rate:g}) "
                            "and start again; nothing was kept to export or resume.")
+
+
+def nonfinite_log(logs: dict, step: int) -> str | None:
+    """'The loss became NaN at step 4' when a step's loss or gradient norm is not a finite number."""
+    for key, name in (("loss", "loss"), ("grad_norm", "gradient norm")):
+        value = float(logs.get(key, 0.0))
+        if not math.isfinite(value):
+            return f"The {name} became {'NaN' if math.isnan(value) else 'infinite'} at step {step}"
+    return None
 
 
 def fp8_applies(loaded: LoadedModel, train: TrainSettings) -> bool:
@@ -250,6 +260,7 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_
         use_cpu=device != "cuda",
         seed=train.seed,
         logging_steps=1,  # one point per step for the live plot
+        logging_nan_inf_filter=False,  # else a NaN loss is logged as the average so far: JobCallback must see it
         save_strategy="steps",  # checkpoints to resume from; the final adapter is saved by save_run
         save_steps=train.save_steps or max(1, math.ceil(total_steps / 10)),
         save_total_limit=2,  # a kill while one is written leaves the one before whole
@@ -344,10 +355,10 @@ class JobCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
             return  # the final summary log (train_runtime, ...) has no per-step loss
-        bad = [name for name in ("loss", "grad_norm") if not math.isfinite(float(logs.get(name, 0.0)))]
-        if bad and self.job.diverged is None:
-            # Logged before this step's checkpoint is written: stop, and write none of NaN weights.
-            self.job.diverged = f"the {bad[0].replace('_', ' ')} became {logs[bad[0]]} at step {state.global_step}"
+        divergence = nonfinite_log(logs, state.global_step)
+        if divergence and self.job.diverged is None:
+            # on_log comes before this step's checkpoint is written: stop, and write none of NaN weights.
+            self.job.diverged = divergence
             control.should_training_stop = True
             control.should_save = False
         now = time.perf_counter()

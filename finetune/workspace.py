@@ -23,7 +23,7 @@ from pathlib import Path
 from finetune.adapters import read_run_template, run_template
 from finetune.bounds import TextLimits, shorten
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, LoadedRows, write_rows
+from finetune.data import MCQ_FILE, READ_LIMITS, SAMPLE_FILE, DatasetError, LoadedRows, ReadLimits, write_rows
 from finetune.download import Progress
 from finetune.eval_estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
 from finetune.eval_view import flattery_note
@@ -57,6 +57,8 @@ class Workspace:
     """Real medical-o1 rows the Evaluate tab offers (the operator's file, or ../shared's); None: not offered."""
     text_limits: TextLimits = field(default_factory=TextLimits)
     """The longest chat question, conversation and system prompt a visitor may send (the operator's)."""
+    read_limits: ReadLimits = READ_LIMITS
+    """The most a visitor's dataset may become once read (rows, cells, characters, decoded size)."""
     interrupted_runs: list[str] = field(default_factory=list, init=False)
     """Runs found "running" at start whose process had died, now marked incomplete."""
     _loading: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -302,7 +304,7 @@ class Workspace:
         if self.training:
             raise WorkspaceError("A training run is going on; evaluate when it ends or is stopped.")
         path = self._evaluation_file(source, upload)
-        items = load_eval_items(path, limit=settings.limit)
+        items = load_eval_items(path, limit=settings.limit, limits=self.read_limits)
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
         stop = self._eval_stops[visitor] = threading.Event()
@@ -378,7 +380,8 @@ class Workspace:
         if loaded is None:
             return "Load a model to see about how long an evaluation takes on this machine."
         try:
-            questions = len(load_eval_items(self._evaluation_file(source, upload), limit=limit))
+            path = self._evaluation_file(source, upload)
+            questions = len(load_eval_items(path, limit=limit, limits=self.read_limits))
         except (WorkspaceError, DatasetError, ValueError):
             return ""  # Evaluate says why when pressed
         rate = self.decode_rate() or guessed_rate(loaded.device, loaded.info.memory_gb)
