@@ -300,3 +300,15 @@ def test_the_evaluation_reader_is_bounded_too(tmp_path):
     assert len(load_eval_items(str(path))) == 30
     with pytest.raises(DatasetError, match=refusal("bomb.parquet", "rows", 100_000)):  # the default limits
         load_eval_items(str(parquet_bomb(tmp_path / "bomb.parquet")))
+
+
+def test_a_hub_slice_past_the_decoded_size_is_refused_on_its_arrow_data(monkeypatch):
+    import datasets
+
+    dataset = datasets.Dataset.from_list([{"Question": "q" * 700_000, "Response": "a"}] * 2)  # 1.3 MB of Arrow
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: dataset)
+    monkeypatch.setattr(data_module, "hub_reachable", lambda: True)
+    monkeypatch.setattr(dataset, "to_list", lambda: pytest.fail("the rows were built"))
+    with pytest.raises(DatasetError, match=r"^Dataset org/cases \(en, train\): decompresses to more than 1 MB "
+                                           r"\(the limit here is 1 MB\); pick a smaller slice, e\.g\. train\[0:500\]$"):
+        read_hub_dataset("org/cases", "en", "train", ReadLimits(decoded_mb=1))
