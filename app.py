@@ -168,7 +168,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                               max_chars=1000) for role in ROLES]
             with gr.Row():
                 template = radio_field(TEMPLATES, value="chat", label="Training text template", scale=2)
-                preview_index = number_field(1, Range(1, 10_000_000), label="Preview row", scale=1)
+                preview_index = number_field(1, Range(1, workspace.read_limits.rows), label="Preview row", scale=1)
             system_prompt = text_field("", max_chars=limits.system_prompt, label="System prompt (optional)", lines=1)
             dataset_status = gr.Markdown(elem_id="dataset-status")
             examples_table = gr.Dataframe(headers=["question", "reasoning", "answer"], interactive=False,

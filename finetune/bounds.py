@@ -93,13 +93,6 @@ def text_from(value, label: str, max_chars: int) -> str:
     return value
 
 
-def choice_from(value, label: str, choices) -> str:
-    """One of the offered choices, or a ValueError listing them."""
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{label} must be one of {', '.join(map(str, choices))}, not {shorten(repr(value))}")
-    return value
-
-
 def shorten(text: str, chars: int = 60) -> str:
     """At most `chars` characters of a visitor's text, to echo it back in a message."""
     return text if len(text) <= chars else text[: chars - 1] + "…"

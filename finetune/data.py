@@ -341,12 +341,9 @@ def _json_rows(text: str, start: int, tally: _Tally) -> tuple[list, int]:
         item, end = _DECODER.raw_decode(text, at)
         tally.add(cells=len(item) if isinstance(item, dict) else 1, characters=end - at)
         items.append(item)
-        at = _JSON_SPACE.match(text, end).end()
-        if text.startswith("]", at):
-            return items, at + 1
-        if not text.startswith(",", at):
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
-        at = _JSON_SPACE.match(text, at + 1).end()
+        at, closed = _after_item(text, end, "]")
+        if closed:
+            return items, at
 
 
 def _json_object(text: str, start: int, tally: _Tally) -> tuple[dict, int]:
@@ -365,12 +362,20 @@ def _json_object(text: str, start: int, tally: _Tally) -> tuple[dict, int]:
             raise json.JSONDecodeError("Expecting ':' delimiter", text, at)
         at = _JSON_SPACE.match(text, at + 1).end()
         found[key], at = _json_rows(text, at, tally) if text.startswith("[", at) else _DECODER.raw_decode(text, at)
-        at = _JSON_SPACE.match(text, at).end()
-        if text.startswith("}", at):
-            return found, at + 1
-        if not text.startswith(",", at):
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
-        at = _JSON_SPACE.match(text, at + 1).end()
+        at, closed = _after_item(text, at, "}")
+        if closed:
+            return found, at
+
+
+def _after_item(text: str, end: int, closer: str) -> tuple[int, bool]:
+    """Past what follows an item of a list or object: (the next item's start, False) after a comma, or
+    (the end of the container, True) after `closer`; json's own error for anything else."""
+    at = _JSON_SPACE.match(text, end).end()
+    if text.startswith(closer, at):
+        return at + 1, True
+    if not text.startswith(",", at):
+        raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+    return _JSON_SPACE.match(text, at + 1).end(), False
 
 
 def _csv_lines(text: str, tally: _Tally) -> Iterator[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.bounds import shorten
 from finetune.config import DataSettings
 from finetune.data import (
     HUB_PRESETS,
@@ -94,7 +95,7 @@ def preview_dataset(
     """Map raw rows with `data.columns` and summarize them; with a tokenizer, also the exact training
     text of row `row_index` (0-based) and the token lengths."""
     rows = map_columns(raw, data.columns)
-    table = [[_shorten(e.question), _shorten(e.reasoning), _shorten(e.answer)] for e in rows.examples[:shown]]
+    table = [[shorten(text, 300) for text in (e.question, e.reasoning, e.answer)] for e in rows.examples[:shown]]
     preview = DatasetPreview(rows, rows.name, len(rows.examples), rows.columns, rows.mapping.as_dict(), table)
     if tokenizer is None:
         return preview
@@ -119,7 +120,3 @@ def length_histogram(lengths: list[int], max_length: int, bins: int = 8) -> list
         {"tokens": label, "rows": count, "fits": "truncated" if i == bins else "fits"}
         for i, (label, count) in enumerate(zip(labels, counts, strict=True))
     ]
-
-
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
