@@ -18,8 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from finetune.backend import default_device, import_unsloth_first
+from finetune.quiet import drop_library_advisories
 
 import_unsloth_first()  # before transformers is imported (a no-op without CUDA)
+drop_library_advisories()  # before PEFT's first import: a chat or export puts an adapter on without training
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -28,8 +30,10 @@ from finetune import app_settings  # noqa: E402
 from finetune.app_settings import AppSettings, SettingsError, settings_from_env  # noqa: E402
 from finetune.bounds import Range, range_of  # noqa: E402
 from finetune.config import (  # noqa: E402
+    DEFAULT_EXPORT_FORMAT,
     OPTIMIZERS,
     SCHEDULERS,
+    TEMPLATE_LABELS,
     DataSettings,
     LoraSettings,
     ModelSettings,
@@ -43,7 +47,14 @@ from finetune.dashboard import (  # noqa: E402
     progress_fraction,
     progress_line,
 )
-from finetune.data import ROLES, DatasetError  # noqa: E402
+from finetune.data import (  # noqa: E402
+    HOLDOUT_CAP,
+    HOLDOUT_FLOOR,
+    HOLDOUT_SHARE,
+    ROLES,
+    SAMPLE_FILE,
+    DatasetError,
+)
 from finetune.eval_view import (  # noqa: E402
     heldout_caption,
     metrics_headers,
@@ -55,12 +66,13 @@ from finetune.eval_view import (  # noqa: E402
 )
 from finetune.evaluate import EvalSettings  # noqa: E402
 from finetune.export import ExportError  # noqa: E402
+from finetune.formats import suggested_template  # noqa: E402
 from finetune.hub import PushError  # noqa: E402
 from finetune.job import TrainingBusy  # noqa: E402
 from finetune.models import PRESETS, ModelLoadError  # noqa: E402
 from finetune.preview import preview_dataset, read_dataset  # noqa: E402
 from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
-from inference.chat import conversation, speed_summary  # noqa: E402
+from inference.chat import conversation, status_line  # noqa: E402
 from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
 from ui.fields import (  # noqa: E402
     chat_pane,
@@ -87,17 +99,17 @@ EXAMPLE_QUESTIONS = [
     "is most likely occluded?",
 ]
 SOURCES = [
-    ("Bundled sample: 64 clinical vignettes", "sample"),
+    (f"Bundled sample: {len(SAMPLE_FILE.read_text(encoding='utf-8').splitlines())} clinical vignettes", "sample"),
     ("medical-o1-reasoning-SFT, English (Hub)", "medical-o1"),
     ("medical-o1-reasoning-SFT, Chinese (Hub)", "medical-o1-zh"),
     ("Upload a file", "upload"),
 ]
-TEMPLATES = [
-    ("The model's chat template, reasoning in a <think> block", "chat"),
-    ("### Question / ### Thinking Process / ### Clinical Assessment", "plain"),
-]
+TEMPLATES = [(label, value) for value, label in TEMPLATE_LABELS.items()]
+PROMPT_TEMPLATES = [("Same as training", "auto"), *TEMPLATES]  # chat and evaluation: "auto" prompts as trained
 CHAT_MODES = {"Base vs fine-tuned": ("base", "tuned"), "Fine-tuned only": ("tuned",), "Base only": ("base",)}
 NONE = "(none)"
+LOG_LINES = 12
+QUESTION_HEADERS = ["#", "Question", "Gold", "Base", "Fine-tuned"]  # before a run; a report brings its own
 CSS = """
 .progress-track {height: 14px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
   border-radius: 7px; overflow: hidden}
@@ -131,6 +143,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     f"compare its answers with the base model's.\n\n{DISCLAIMER}")
         raw_state = gr.State(None)  # this visitor's dataset as read: read once, re-mapped freely
         rows_state = gr.State(None)  # ... and mapped: what Start trains on
+        dataset_problem = gr.State("")  # why the last read or mapping was refused: Start repeats it
 
         with gr.Tab("Model", id="model"):
             with gr.Row():
@@ -178,8 +191,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 label="Exact training text of the preview row (highlighted: trained; the rest is the prompt, masked)",
                 color_map={"trained": "green"}, show_legend=True, elem_id="training-text",
             )
+            # No fixed height on a plot: Gradio's legend and caption sit below it and a fixed height cuts them off.
             histogram = gr.BarPlot(x="tokens", y="rows", color="fits", color_map={"fits": "#4c78a8",
-                                   "truncated": "#e45756"}, sort=None, label="Token lengths", height=240)
+                                   "truncated": "#e45756"}, sort=None, label="Token lengths", color_title="")
 
         with gr.Tab("Train", id="train") as train_tab:
             with gr.Row():
@@ -199,18 +213,22 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             with gr.Row():
                 scheduler = dropdown_field(list(SCHEDULERS), value=train.lr_scheduler, label="LR schedule")
                 optimizer = dropdown_field(list(OPTIMIZERS), value=train.optimizer, label="Optimizer")
-                sampling = dropdown_field([("similar lengths together", "group_by_length"), ("random", "random")],
-                                         value=train.sampling, label="Batches")
+                sampling = dropdown_field([("similar lengths", "group_by_length"), ("random order", "random")],
+                                         value=train.sampling, label="Batches",
+                                         info="similar lengths: less padding; random: the seeds' order")
+                seed = number_field(train.seed, range_of(TrainSettings, "seed"), label="Seed")
+            with gr.Row():
                 checkpointing = checkbox_field(lora.gradient_checkpointing, label="Gradient checkpointing")
                 fp8 = checkbox_field(train.fp8_matmuls, label="FP8 base matmuls",
                                     info="Ada/Hopper GPU, 8B-class model; 16-bit elsewhere", elem_id="fp8-matmuls")
-                seed = number_field(train.seed, range_of(TrainSettings, "seed"), label="Seed")
                 run_name = text_field("", max_chars=limits.name, label="Run name (a folder in the app's output folder)",
                                      placeholder="automatic")
             with gr.Row():
-                holdout = number_field(8, range_of(DataSettings, "holdout_rows"),
+                holdout = number_field(None, range_of(DataSettings, "holdout_rows"),
                                       label="Hold out rows (never trained on; evaluated base vs fine-tuned at the end)",
-                                      elem_id="holdout")
+                                      info=f"Empty: automatic, {HOLDOUT_SHARE:.0%} of the rows, {HOLDOUT_FLOOR} to "
+                                           f"{HOLDOUT_CAP}; the Dataset tab says how many are left to train",
+                                      placeholder="automatic", elem_id="holdout")
                 eval_answers = checkbox_field(True, label="At the end, also generate answers for the held-out rows "
                                            "(format and accuracy; takes longer than the loss alone)")
             with gr.Row():
@@ -229,24 +247,30 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             train_status = gr.Markdown("No training run yet.", elem_id="train-status")
             with gr.Row():
                 loss_plot = gr.LinePlot(x="step", y="loss", color="curve", label="Loss (raw and smoothed)",
-                                        height=320, color_map={"raw": "#9ecae9", "smoothed": "#1f5fa8"},
+                                        color_map={"raw": "#9ecae9", "smoothed": "#1f5fa8"}, color_title="",
                                         caption="light: each step's loss; dark: smoothed",
                                         elem_id="loss-plot")
-                lr_plot = gr.LinePlot(x="step", y="value", label="Learning rate", height=320)
-                grad_plot = gr.LinePlot(x="step", y="value", label="Gradient norm", height=320)
-            train_log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, elem_id="train-log")
+                lr_plot = gr.LinePlot(x="step", y="value", label="Learning rate", elem_id="lr-plot")
+                grad_plot = gr.LinePlot(x="step", y="value", label="Gradient norm", elem_id="grad-plot")
+            # As many lines as the log holds (dashboard.log_lines' 12), so its newest line is always in view.
+            train_log = gr.Textbox(label="Log", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False,
+                                   autoscroll=True, elem_id="train-log")
             train_eval = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], label="Held-out evaluation",
                                       interactive=False, elem_id="train-eval")
             train_eval_source = gr.Markdown(elem_id="train-eval-source")
             timer = gr.Timer(1.0, active=False)
 
-        with gr.Tab("Chat", id="chat"):
-            gr.Markdown(DISCLAIMER)
-            mode = radio_field(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare")
+        with gr.Tab("Chat", id="chat") as chat_tab:  # the not-medical-advice banner is above the tabs, once
+            chat_runs = workspace.chat_runs()
+            with gr.Row():
+                mode = radio_field(list(CHAT_MODES), value="Base vs fine-tuned", label="Compare", scale=2)
+                chat_run = dropdown_field(chat_runs.runs, optional=True, label="Fine-tuned run", elem_id="chat-run",
+                                          value=chat_runs.current if chat_runs.current in chat_runs.runs else None,
+                                          info="Whose adapter the fine-tuned pane answers with", scale=1)
             with gr.Row():
                 base_chat = chat_pane(label="Base model (adapter off)", elem_id="chat-base", height=460,
                                      buttons=["copy"])
-                tuned_chat = chat_pane(label="Fine-tuned (LoRA adapter on)", elem_id="chat-tuned", height=460,
+                tuned_chat = chat_pane(label=chat_runs.title, elem_id="chat-tuned", height=460,
                                       buttons=["copy"])
             question = text_field(max_chars=limits.message, label="Question",
                                  placeholder="Describe a clinical case or ask a question…",
@@ -272,8 +296,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     chat_seed = number_field(chat_defaults.seed, range_of(GenerationSettings, "seed"),
                                             label="Seed (same for both panes)")
                 with gr.Row():
-                    chat_template = radio_field([("Same as training", "auto"), ("Chat template", "chat"),
-                                                ("### template", "plain")], value="auto", label="Prompt template")
+                    chat_template = radio_field(PROMPT_TEMPLATES, value="auto", label="Prompt template")
                     chat_system = text_field("", max_chars=limits.system_prompt,
                                             label="System prompt (R1 advice: leave empty)")
 
@@ -298,8 +321,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 eval_tokens = number_field(EvalSettings.for_device(device).max_new_tokens,
                                           range_of(EvalSettings, "max_new_tokens"),
                                           label="Max new tokens per answer", elem_id="eval-tokens")
-                eval_template = radio_field([("Same as training", "auto"), ("Chat template", "chat"),
-                                          ("### template", "plain")], value="auto", label="Prompt template")
+                eval_template = radio_field(PROMPT_TEMPLATES, value="auto", label="Prompt template")
             with gr.Row():
                 eval_button = gr.Button("Evaluate", variant="primary", elem_id="run-eval")
                 eval_stop_button = gr.Button("Stop", variant="stop", elem_id="stop-eval")
@@ -307,8 +329,10 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             eval_status = gr.Markdown(elem_id="eval-status")
             eval_table = gr.Dataframe(headers=["Measure", "Base", "Fine-tuned"], interactive=False,
                                       label="Base vs fine-tuned", elem_id="eval-table")
-            eval_questions = gr.Dataframe(interactive=False, label="Per question (✓ right, ✗ wrong or no letter)",
-                                          elem_id="eval-questions", wrap=True)
+            eval_questions = gr.Dataframe(headers=QUESTION_HEADERS, interactive=False, wrap=True,
+                                          label="Per question (✓ right, ✗ wrong or no letter)",
+                                          column_widths=_question_widths(len(QUESTION_HEADERS)),
+                                          elem_id="eval-questions")
             eval_pick = number_field(1, range_of(EvalSettings, "limit"), label="Show question number",
                                     elem_id="eval-pick")
             eval_detail = gr.Markdown("Run an evaluation, then pick a question number.", elem_id="eval-detail")
@@ -323,9 +347,11 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 export_run = dropdown_field(workspace.exportable_runs(), optional=True, label="Run",
                                            elem_id="export-run", scale=1,
                                            info="Its adapter goes on the loaded model, which must be its base")
-                export_format = radio_field([(label, fmt) for fmt, label in EXPORT_CHOICES.items()], value="adapter",
-                                         label="Format", elem_id="export-format", scale=3)
+                export_format = radio_field([(label, fmt) for fmt, label in EXPORT_CHOICES.items()],
+                                            value=DEFAULT_EXPORT_FORMAT, label="Format", elem_id="export-format",
+                                            scale=3)
                 export_name = text_field("", max_chars=limits.name, label="Folder name (under exports/)",
+                                        info="Empty: a free automatic name (run-format, then -2, -3…)",
                                         placeholder="automatic", scale=1)
             export_button = gr.Button("Export", variant="primary", elem_id="export")
             export_status = gr.Markdown(elem_id="export-status")
@@ -333,6 +359,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             with gr.Accordion("Push to the Hugging Face Hub", open=True):
                 with gr.Row():
                     push_choice = dropdown_field(workspace.exports(), optional=True, label="Export to push",
+                                                value=next(iter(workspace.exports()), None),
                                                 elem_id="push-choice")
                     repo_id = text_field("", max_chars=limits.repo_id, label="Repo id",
                                         placeholder="your-name/model-name", elem_id="repo-id")
@@ -355,7 +382,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 info = workspace.load(settings, lambda done, line: progress(0.05 + 0.85 * done, desc=line))
                 return _model_markdown(info)
             except VISITOR_ERRORS as err:
-                return f"⚠ {workspace.shown(err)}"
+                return _load_failed_markdown(workspace.shown(err), workspace.loaded)
 
         def model_status_now():
             """The shared model as it is now; a page that opens during a load watches until it ends."""
@@ -376,39 +403,49 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             try:
                 raw = read_dataset(choice, file, hub_split, settings.max_upload_mb, workspace.read_limits)
             except VISITOR_ERRORS as err:
-                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {workspace.shown(err)}"
+                problem = workspace.shown(err)
+                return None, *[gr.update(choices=[NONE], value=NONE)] * len(ROLES), f"⚠ {problem}", problem
             detected = raw.detected()
             pickers = [gr.update(choices=[NONE, *raw.columns], value=detected.get(role, NONE)) for role in ROLES]
-            return raw, *pickers, ""
+            return raw, *pickers, "", ""
+
+        def suggest_template(raw, current):
+            """A ### template takes the dataset's voice: medical wording for medical rows, neutral for others."""
+            return suggested_template(raw, current) if raw is not None else gr.skip()
 
         def preview(raw, *args):
-            *columns, template_name, system, length, row = args
-            if raw is None:
-                return None, gr.update(), None, None, None
+            *columns, template_name, system, length, row, held_out = args
+            if raw is None:  # the read was refused: its message stays, and so does its reason for Start
+                return None, gr.update(), None, None, None, gr.skip()
             data = DataSettings(
                 source=raw.name,
                 template=template_name,
                 columns={role: ("" if column == NONE else column) for role, column in zip(ROLES, columns, strict=True)},
                 system_prompt=system,
+                holdout_rows=held_out,
             )
             tokenizer = workspace.loaded.tokenizer if workspace.loaded else None
             try:
                 shown = preview_dataset(raw, data, tokenizer, length, row - 1)
             except VISITOR_ERRORS as err:
-                return None, f"⚠ {workspace.shown(err)}", None, None, None
+                problem = workspace.shown(err)
+                return None, f"⚠ {problem}", None, None, None, problem
             table = pd.DataFrame(shown.table, columns=["question", "reasoning", "answer"])
             segments = [(text, "trained" if trained else None) for text, trained in shown.segments]
             bars = None
             if shown.histogram:  # bins in length order, not alphabetical
                 bars = gr.BarPlot(pd.DataFrame(shown.histogram), sort=[b["tokens"] for b in shown.histogram])
-            return shown.loaded, shown.summary(), table, segments or None, bars
+            return shown.loaded, shown.summary(), table, segments or None, bars, ""
 
         # ---------------------------------------------------------------------------------------
         # Training
 
         def start(rows, template_name, system, length, steps, lr, batch, accum, r, alpha, dropout, warm, sched,
-                  optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls):
+                  optim, batches, checkpoint, train_seed, name, held_out, answers, fp8_matmuls, problem):
             try:
+                if rows is None and problem:  # not "no dataset": the visitor picked one, and it was refused
+                    raise WorkspaceError(f"The dataset picked in the Dataset tab was refused: {problem} Fix the "
+                                         "file or pick another there, then press Start.")
                 # The fields arrive checked against the settings' ranges (ui.fields); the settings check again.
                 train_settings = TrainSettings(
                     micro_batch_size=batch, grad_accum_steps=accum, warmup_steps=warm, max_steps=steps,
@@ -420,10 +457,12 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                                              seed=train_seed)
                 data = DataSettings(source=rows.name if rows else "", template=template_name, system_prompt=system,
                                     holdout_rows=held_out)
-                workspace.start_training(rows, data, train_settings, lora_settings, name)
+                job = workspace.start_training(rows, data, train_settings, lora_settings, name)
             except VISITOR_ERRORS as err:
                 return f"⚠ {workspace.shown(err)}", gr.Timer(active=workspace.training)
-            return "Starting…", gr.Timer(active=True)
+            plan = job.holdout  # what the run holds out, and what that leaves to train
+            warning = f" ⚠ {plan.warning}" if plan is not None and plan.warning else ""
+            return f"Starting… {plan.summary if plan is not None else ''}{warning}".strip(), gr.Timer(active=True)
 
         def stop():
             return workspace.stop_training()
@@ -439,6 +478,17 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             runs = _resumable_runs(workspace)
             return gr.update(choices=runs, value=runs[0][1] if runs else None), _interrupted_note(workspace)
 
+        def running_run_form():
+            """The Train tab's form as the run going on was started, for a page opened mid-run; else unchanged."""
+            recipe = workspace.running_recipe()
+            if recipe is None:
+                return [gr.skip()] * len(run_form)
+            t, lo, d = recipe.train, recipe.lora, recipe.data
+            return [t.max_steps, t.learning_rate, t.micro_batch_size, t.grad_accum_steps, lo.r, lo.alpha, lo.dropout,
+                    t.warmup_steps, t.lr_scheduler, t.optimizer, t.sampling, lo.gradient_checkpointing, t.fp8_matmuls,
+                    t.seed, Path(workspace.job.output_dir).name, d.holdout_rows, t.eval_generate, d.template,
+                    d.system_prompt, t.max_length]
+
         def dashboard():
             job = workspace.job
             metrics = list(job.metrics) if job else []
@@ -446,16 +496,22 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             series = pd.DataFrame(optimizer_rows(metrics)) if metrics else None
             lr_frame = series[series.series == "learning rate"] if series is not None else None
             grad_frame = series[series.series == "grad norm"] if series is not None else None
+            # The step axis spans the whole run: whole-number ticks from the first step, and the curve fills it.
+            steps = [0, max(job.total_steps, 10)] if job else None
+            losses, lr_frame, grad_frame = (gr.LinePlot(frame, x_lim=steps) if frame is not None else None
+                                            for frame in (losses, lr_frame, grad_frame))
             return (
                 _progress_html(progress_fraction(job)),
                 workspace.shown(progress_line(job)),  # its error may name the run's folder
                 losses,
                 lr_frame,
                 grad_frame,
-                log_lines(job),
+                log_lines(job, last=LOG_LINES),
                 _eval_frame((job.result or {}).get("eval") if job else None),
                 heldout_caption((job.result or {}).get("eval") if job else None, bool(workspace.real_rows)),
                 gr.Timer(active=workspace.training),
+                # A run that just ended (stopped, say) may be resumable: the list shows it without a reload.
+                *((gr.skip(), gr.skip()) if workspace.training else refresh_runs()),
             )
 
         # ---------------------------------------------------------------------------------------
@@ -477,13 +533,28 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                     base, tuned = (chats[p] + ([question_message, *shown[p]] if p in shown else [])
                                    for p in ("base", "tuned"))
                     # The question box is emptied once: later updates would wipe a next question being typed.
-                    yield base, tuned, "" if first else gr.skip(), speed_summary(replies)
+                    yield base, tuned, "" if first else gr.skip(), status_line(replies)
                     first = False
             except VISITOR_ERRORS as err:
                 yield chats["base"], chats["tuned"], text, f"⚠ {workspace.shown(err)}"
 
         def stop_chat(request: gr.Request):
             workspace.stop_chat(request.session_hash)
+
+        def chat_run_view(runs):
+            """The run picker and the fine-tuned pane's label, which names the run that answers."""
+            value = runs.current if runs.current in runs.runs else None
+            return gr.update(choices=runs.runs, value=value), gr.update(label=runs.title)
+
+        def show_chat_runs():
+            return chat_run_view(workspace.chat_runs())
+
+        def use_run(run):
+            try:
+                runs = workspace.use_run(run)
+            except VISITOR_ERRORS as err:
+                return *chat_run_view(workspace.chat_runs()), f"⚠ {workspace.shown(err)}"
+            return *chat_run_view(runs), f"✓ The fine-tuned pane answers with {runs.current} now."
 
         # ---------------------------------------------------------------------------------------
         # Evaluate
@@ -496,7 +567,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                         yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                         continue
                     table = _eval_frame(report.metrics)
-                    questions = pd.DataFrame(question_rows(report), columns=question_headers(report))
+                    headers = question_headers(report)
+                    questions = gr.Dataframe(pd.DataFrame(question_rows(report), columns=headers),
+                                             column_widths=_question_widths(len(headers)))
                     yield line, table, questions, report, question_detail(report, 1)
             except VISITOR_ERRORS as err:
                 yield f"⚠ {workspace.shown(err)}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -525,7 +598,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         def refresh_exports():
             runs = workspace.exportable_runs()
-            return gr.update(choices=runs, value=runs[0] if runs else None), gr.update(choices=workspace.exports())
+            exports = workspace.exports()  # newest first: the one just made is the one to push
+            return (gr.update(choices=runs, value=runs[0] if runs else None),
+                    gr.update(choices=exports, value=exports[0] if exports else None))
 
         def push(export_name, repo, token, private_repo):
             try:
@@ -543,20 +618,20 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
 
         load_event = load_button.click(load, [model_name, load_4bit, max_length, backend], model_status,
                                        api_name="load_model", concurrency_id="model", concurrency_limit=1)
-        preview_inputs = [raw_state, *role_pickers, template, system_prompt, max_length, preview_index]
-        preview_outputs = [rows_state, dataset_status, examples_table, training_text, histogram]
+        preview_inputs = [raw_state, *role_pickers, template, system_prompt, max_length, preview_index, holdout]
+        preview_outputs = [rows_state, dataset_status, examples_table, training_text, histogram, dataset_problem]
         load_event.then(preview, preview_inputs, preview_outputs, api_name=False)
 
         source.change(show_source, source, [split, upload], api_name=False)
         read_inputs = [source, upload, split]
-        read_outputs = [raw_state, *role_pickers, dataset_status]
+        read_outputs = [raw_state, *role_pickers, dataset_status, dataset_problem]
         for trigger in (source.change, upload.upload, upload.clear, split.submit):
             trigger(read, read_inputs, read_outputs, api_name=False).then(
-                preview, preview_inputs, preview_outputs, api_name=False
-            )
+                suggest_template, [raw_state, template], template, api_name=False
+            ).then(preview, preview_inputs, preview_outputs, api_name=False)
         for control in (*role_pickers, template):
             control.input(preview, preview_inputs, preview_outputs, api_name=False)
-        for control in (system_prompt, preview_index, max_length):
+        for control in (system_prompt, preview_index, max_length, holdout):
             control.submit(preview, preview_inputs, preview_outputs, api_name=False)
         preview_index.change(preview, preview_inputs, preview_outputs, api_name="preview_dataset")
 
@@ -564,7 +639,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             start,
             [rows_state, template, system_prompt, max_length, max_steps, learning_rate, micro_batch, grad_accum,
              lora_r, lora_alpha, lora_dropout, warmup, scheduler, optimizer, sampling, checkpointing, seed, run_name,
-             holdout, eval_answers, fp8],
+             holdout, eval_answers, fp8, dataset_problem],
             [train_status, timer],
             api_name="start_training",
         )
@@ -572,7 +647,10 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         resume_button.click(resume, resume_choice, [train_status, timer], api_name="resume_training")
         train_tab.select(refresh_runs, None, [resume_choice, runs_note], api_name="runs")
         dashboard_outputs = [progress_bar, train_status, loss_plot, lr_plot, grad_plot, train_log, train_eval,
-                             train_eval_source, timer]
+                             train_eval_source, timer, resume_choice, runs_note]
+        run_form = [max_steps, learning_rate, micro_batch, grad_accum, lora_r, lora_alpha, lora_dropout, warmup,
+                    scheduler, optimizer, sampling, checkpointing, fp8, seed, run_name, holdout, eval_answers, template,
+                    system_prompt, max_length]
         timer.tick(dashboard, None, dashboard_outputs, show_progress="hidden", api_name="dashboard")
 
         chat_inputs = [question, base_chat, tuned_chat, mode, max_new_tokens, temperature, top_p,
@@ -586,6 +664,10 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         chat_stop_button.click(stop_chat, None, None, api_name="stop_chat")
         clear_button.click(lambda: ([], [], ""), None, [base_chat, tuned_chat, chat_status], api_name=False)
         mode.change(show_panes, mode, [base_chat, tuned_chat], api_name=False)
+        # The fine-tuned pane names its run; the picker puts another run's adapter on (a visitor's pick only:
+        # `input`, not `change`, so the refresh on selecting the tab puts nothing on).
+        chat_tab.select(show_chat_runs, None, [chat_run, tuned_chat], api_name="chat_runs")
+        chat_run.input(use_run, chat_run, [chat_run, tuned_chat, chat_status], api_name="use_run")
 
         eval_inputs = [eval_source, eval_upload, eval_limit, eval_tokens, eval_template]
         eval_outputs = [eval_status, eval_table, eval_questions, eval_report, eval_detail]
@@ -613,22 +695,38 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
         model_timer.tick(model_status_now, None, [model_status, model_timer], show_progress="hidden",
                          api_name=False).then(preview, preview_inputs, preview_outputs, api_name=False)
         demo.load(read, read_inputs, read_outputs, api_name="read_dataset").then(
-            preview, preview_inputs, preview_outputs, api_name=False
-        )
+            suggest_template, [raw_state, template], template, api_name=False
+        ).then(preview, preview_inputs, preview_outputs, api_name=False)
         demo.load(dashboard, None, dashboard_outputs, api_name=False)
+        demo.load(running_run_form, None, run_form, api_name=False)
+        demo.load(show_chat_runs, None, [chat_run, tuned_chat], api_name=False)
     return demo
 
 
-def _model_markdown(info) -> str:
+def _model_markdown(info, heading: str = "✓ **Loaded.**") -> str:
     rows = [
-        ("Model", info.name), ("Backend", info.backend), ("Device", info.device), ("Dtype", info.dtype),
+        ("Backend", info.backend), ("Device", info.device), ("Dtype", info.dtype),
         ("Quantization", info.quantization), ("Parameters", f"{info.parameters / 1e6:,.0f} M"),
         ("Memory", f"{info.memory_gb:.2f} GB"), ("Loaded in", f"{info.load_seconds:.1f} s"),
         ("Chat template", "yes" if info.chat_template else "none (the ### template is used)"),
         ("Tokenizer", info.tokenizer_note or "round-trips text unchanged"),
     ]
     table = "\n".join(f"| {key} | {html.escape(str(value))} |" for key, value in rows)
-    return f"✓ **Loaded.**\n\n| | |\n|---|---|\n{table}"
+    # The model's name heads the table: a Markdown table needs a header row, and an empty one shows as a blank bar.
+    return f"{heading}\n\n| Model | {html.escape(info.name)} |\n|---|---|\n{table}"
+
+
+def _load_failed_markdown(error: str, loaded) -> str:
+    """A failed Load leaves the model that was loaded in use: say so, with its card, under the error."""
+    if loaded is None:
+        return f"⚠ {error}"
+    return _model_markdown(loaded.info, f"⚠ {error}\n\n**Still loaded, and used by chat and training:**")
+
+
+def _question_widths(columns: int) -> list[str]:
+    """Per-question table: "#" and "Gold" get room for their header, the question the most, each model the rest."""
+    models = columns - 3
+    return ["7%", f"{100 - 7 - 10 - 16 * models}%", "10%", *["16%"] * models]
 
 
 def _eval_frame(metrics: dict | None) -> pd.DataFrame | None:

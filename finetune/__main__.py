@@ -3,15 +3,16 @@
     python -m finetune train --model embedded --dataset sample --holdout 8 --output runs/demo
     python -m finetune preview --model embedded --dataset data.jsonl --rows 2
     python -m finetune eval --model embedded --adapter runs/demo --limit 8
-    python -m finetune export --adapter runs/demo --format merged_16bit --output runs/demo-merged
+    python -m finetune export --adapter runs/demo --output runs/demo-adapter      # the adapter (default)
+    python -m finetune export --adapter runs/demo --format gguf_q4_k_m --output runs/demo-gguf
     python -m finetune train --config recipes/embedded-cpu-demo.yaml
     python -m finetune train --resume runs/demo
     python -m finetune runs
     HF_TOKEN=... python -m finetune push runs/demo-merged --repo your-name/r1-medical
 
 `train` prints one JSON object per step, then a final one with status, steps, loss_first,
-loss_last, adapter (and eval, with --holdout). `eval` prints one JSON object last:
-{"base": {...}, "finetuned": {...}}. Bad input: exit status 2 and one line on stderr.
+loss_last, adapter (and eval, when rows are held out: --holdout, automatic by default). `eval`
+prints one JSON object last: {"base": {...}, "finetuned": {...}}. Bad input: exit status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -35,90 +36,193 @@ def _key_values(text: str) -> dict[str, str]:
     return dict(pairs)
 
 
+HOLDOUT_AUTO = "auto"
+"""--holdout auto: sized to the data (finetune.data.holdout_plan); what a run does unless told otherwise."""
+
+
+def _holdout(text: str) -> int | str:
+    if text.strip().lower() == HOLDOUT_AUTO:
+        return HOLDOUT_AUTO
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows or {HOLDOUT_AUTO}, got {text!r}") from None
+
+
+def _by_device(values: dict[str, object]) -> str:
+    """A default that may differ by device, for --help: e.g. '0.002 on CPU, 0.0002 on a GPU', or 'on'."""
+    cpu, gpu = (_shown(values[device]) for device in ("cpu", "cuda"))
+    return cpu if cpu == gpu else f"{cpu} on CPU, {gpu} on a GPU"
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+DESCRIPTIONS = {
+    "train": "Fine-tune a LoRA adapter on a chain-of-thought dataset: one JSON line per step, then the result "
+             "(with the base vs fine-tuned evaluation on the held-out rows).",
+    "preview": "What a run would train on, nothing trained: the column mapping, the hold-out, the token lengths and "
+               "the exact training text of the first rows, as JSON lines.",
+    "eval": "Base vs fine-tuned on held-out rows or a question file: progress on stderr, one JSON object last.",
+    "export": "Write what a run trained, atomically: the LoRA adapter, a merged 16-bit model, or one GGUF file.",
+    "push": "Upload an export folder to the Hub; the token comes from HF_TOKEN, never a flag.",
+    "runs": "The runs in a folder and their status, one JSON line each; marks interrupted ones incomplete.",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m finetune", description=__doc__.split("\n")[0])
+    from finetune.config import (
+        DEFAULT_EXPORT_FORMAT,
+        EVAL_MAX_NEW_TOKENS,
+        SCHEDULERS,
+        TEMPLATES,
+        DataSettings,
+        LoraSettings,
+        ModelSettings,
+        TrainSettings,
+        lora_for_device,
+    )
+    from finetune.data import HOLDOUT_CAP, HOLDOUT_FLOOR, HOLDOUT_SHARE, MIN_TRAIN_ROWS
+    from finetune.export import FORMATS as EXPORT_FORMATS  # imports torch and gguf, not transformers
+
+    parser = _OneLineParser(prog="python -m finetune", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+    model, data, lora = ModelSettings(), DataSettings(), LoraSettings()
+    train_by = {device: TrainSettings.for_device(device) for device in ("cpu", "cuda")}
+    lora_by = {device: lora_for_device(device) for device in ("cpu", "cuda")}
+
+    def device_default(name: str, by_device: dict = train_by) -> str:
+        return _by_device({device: getattr(settings, name) for device, settings in by_device.items()})
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=DESCRIPTIONS[name], description=DESCRIPTIONS[name])
+
     for name in ("train", "preview"):
-        cmd = commands.add_parser(name)
-        cmd.add_argument("--config", default=None, help="a recipe file (YAML, see recipes/); flags given win")
-        cmd.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
-        cmd.add_argument("--dataset", default="sample", help="'sample', 'medical-o1', 'medical-o1-zh' or a file")
-        cmd.add_argument("--split", default="train[0:500]", help="slice of a Hub dataset")
-        cmd.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
-        cmd.add_argument("--template", choices=("chat", "plain"), default="chat")
-        cmd.add_argument("--system-prompt", default="")
-        cmd.add_argument("--max-rows", type=int, default=None)
-        cmd.add_argument("--max-length", type=int, default=None, help="token limit per row (device default)")
-        cmd.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
-        cmd.add_argument("--backend", choices=("auto", "unsloth", "hf"), default="auto")
+        # Each flag's default is None, so a flag given can be told from one left out (see set_defaults below);
+        # --help states what a run gets when it is left out: the recipe's value, else the device's default.
+        cmd = add(name)
+        cmd.add_argument("--config", default=None,
+                         help="a recipe file (YAML, see recipes/); flags given win (default: the device's recipe)")
+        cmd.add_argument("--model", help=f"'embedded', a Hub repo id or a local folder (default: {model.name})")
+        cmd.add_argument("--dataset", help="'sample', 'medical-o1', 'medical-o1-zh' or a file "
+                                           f"(default: {data.source})")
+        cmd.add_argument("--split", help=f"slice of a Hub dataset (default: {data.split})")
+        cmd.add_argument("--columns", type=_key_values,
+                         help="override mapping: question=Q,answer=A (default: detected from the column names)")
+        cmd.add_argument("--template", choices=TEMPLATES,
+                         help="chat: the model's chat template, a <think> block; plain: the seeds' medical ### "
+                              "template; plain-neutral: ### with a neutral role and headers "
+                              f"(default: {data.template})")
+        cmd.add_argument("--system-prompt", help="replaces the ### templates' role; a system message for chat "
+                                                 "(default: none)")
+        cmd.add_argument("--max-rows", type=int, help="read only the first N rows (default: all)")
+        cmd.add_argument("--max-length", type=int,
+                         help=f"token limit per row (default: {device_default('max_length')})")
+        cmd.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction,
+                         help="4-bit NF4 weights (default: on with CUDA, off on CPU; pre-quantized repos always)")
+        cmd.add_argument("--backend", choices=("auto", "unsloth", "hf"),
+                         help=f"auto: Unsloth when it imports on CUDA, else transformers (default: {model.backend})")
     train = commands.choices["train"]
-    train.add_argument("--output", default=None, help="run folder: adapter/, run.json (or output: in the recipe)")
+    train.add_argument("--output", help="run folder: adapter/, run.json (default: output: in the recipe; one is "
+                                        "needed)")
     train.add_argument("--resume", default=None, metavar="RUN_FOLDER",
-                       help="continue a stopped or interrupted run from its last checkpoint, with its own settings")
-    train.add_argument("--save-steps", type=int, default=None, help="a checkpoint every N steps (default: 10 a run)")
-    train.add_argument("--max-steps", type=int, default=None, help="device default; 0 trains --epochs instead")
-    train.add_argument("--epochs", type=float, default=1.0)
-    train.add_argument("--batch-size", type=int, default=None, help="micro-batch size")
-    train.add_argument("--grad-accum", type=int, default=None)
-    train.add_argument("--lr", type=float, default=None)
-    train.add_argument("--warmup-steps", type=int, default=None)
-    train.add_argument("--scheduler", choices=("linear", "cosine", "constant"), default=None)
-    train.add_argument("--optimizer", default=None, help="e.g. adamw_8bit, adamw_torch")
-    train.add_argument("--weight-decay", type=float, default=None)
-    train.add_argument("--sampling", choices=("random", "group_by_length"), default=None,
-                       help="batch order; default random on a GPU, group_by_length (similar lengths together, less "
-                            "padding) on CPU")
-    train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    train.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
-                       help="FP8 matmuls for the 4-bit base weights (Ada/Hopper GPU, 8B-class model; default on)")
-    train.add_argument("--seed", type=int, default=3407)
-    train.add_argument("--lora-r", type=int, default=16)
-    train.add_argument("--lora-alpha", type=int, default=16)
-    train.add_argument("--lora-dropout", type=float, default=0.0)
-    train.add_argument("--target-modules", default=None, help="comma-separated; default all 7 projections")
-    train.add_argument("--rslora", action="store_true")
-    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--holdout", type=int, default=0,
-                       help="rows kept out of training and evaluated on at the end, base vs fine-tuned")
-    train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction, default=True,
-                       help="with --holdout: generate answers too (format, accuracy), not only the loss")
-    train.add_argument("--eval-max-new-tokens", type=int, default=None,
-                       help="per held-out answer (device default: finetune.config.EVAL_MAX_NEW_TOKENS)")
+                       help="continue a stopped or interrupted run from its last checkpoint, with its own settings "
+                            "(default: a new run)")
+    train.add_argument("--save-steps", type=int, help="a checkpoint every N steps (default: ten a run)")
+    train.add_argument("--max-steps", type=int,
+                       help=f"optimiser steps; 0 trains --epochs instead (default: {device_default('max_steps')})")
+    train.add_argument("--epochs", type=float, help=f"with --max-steps 0 (default: {device_default('epochs')})")
+    train.add_argument("--batch-size", type=int,
+                       help=f"micro-batch size (default: {device_default('micro_batch_size')})")
+    train.add_argument("--grad-accum", type=int,
+                       help=f"micro-batches per optimiser step (default: {device_default('grad_accum_steps')})")
+    train.add_argument("--lr", type=float, help=f"learning rate (default: {device_default('learning_rate')})")
+    train.add_argument("--warmup-steps", type=int, help=f"(default: {device_default('warmup_steps')})")
+    train.add_argument("--scheduler", choices=SCHEDULERS,
+                       help=f"learning-rate schedule (default: {device_default('lr_scheduler')})")
+    train.add_argument("--optimizer", help=f"any of transformers' optimizer names, e.g. adamw_8bit, adamw_torch "
+                                           f"(default: {device_default('optimizer')})")
+    train.add_argument("--weight-decay", type=float, help=f"(default: {device_default('weight_decay')})")
+    train.add_argument("--sampling", choices=("random", "group_by_length"),
+                       help="batch order: random, or group_by_length (similar lengths together, less padding) "
+                            f"(default: {device_default('sampling')})")
+    train.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"),
+                       help="auto: bf16 where the GPU supports it, else fp16; fp32 on CPU "
+                            f"(default: {device_default('precision')})")
+    train.add_argument("--fp8", action=argparse.BooleanOptionalAction,
+                       help="FP8 matmuls for the 4-bit base weights, where they pay (Ada/Hopper GPU, 8B-class model) "
+                            f"(default: {device_default('fp8_matmuls')})")
+    train.add_argument("--seed", type=int, help=f"for the data order and the adapter's start "
+                                                f"(default: {device_default('seed')})")
+    train.add_argument("--lora-r", type=int, help=f"LoRA rank (default: {lora.r})")
+    train.add_argument("--lora-alpha", type=int, help=f"LoRA scale (default: {lora.alpha})")
+    train.add_argument("--lora-dropout", type=float, help=f"(default: {lora.dropout:g})")
+    train.add_argument("--target-modules", help="comma-separated projections (default: all 7, "
+                                                f"{','.join(lora.target_modules)})")
+    train.add_argument("--rslora", action="store_true", default=None,
+                       help="rank-stabilised LoRA scaling, alpha / sqrt(r) (default: off)")
+    train.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
+                       help="recompute activations: less memory, slower "
+                            f"(default: {device_default('gradient_checkpointing', lora_by)})")
+    train.add_argument("--holdout", type=_holdout, metavar="ROWS|auto",
+                       help="rows kept out of training and evaluated on at the end, base vs fine-tuned; "
+                            f"auto: {HOLDOUT_SHARE * 100:.0f}%% of the rows, {HOLDOUT_FLOOR} to {HOLDOUT_CAP}, "
+                            f"none when fewer than {MIN_TRAIN_ROWS} would be left to train (default: {HOLDOUT_AUTO})")
+    train.add_argument("--eval-generate", action=argparse.BooleanOptionalAction,
+                       help="with held-out rows: generate answers too (format, accuracy), not only the loss "
+                            "(default: on)")
+    train.add_argument("--eval-max-new-tokens", type=int,
+                       help=f"per held-out answer (default: {_by_device(EVAL_MAX_NEW_TOKENS)})")
     for name in ("train", "preview"):
         # Unset unless written on the command line: a flag given wins over the recipe, even where it says
         # what the default says (--holdout 0 over a recipe's holdout_rows: 8); one left out keeps the recipe's.
         commands.choices[name].set_defaults(**dict.fromkeys(FLAG_SETTINGS))
-    commands.choices["preview"].add_argument("--rows", type=int, default=2)
-    push = commands.add_parser("push", help="upload an export folder to the Hub; the token comes from HF_TOKEN")
+    commands.choices["preview"].add_argument("--rows", type=int, default=2,
+                                             help="rows whose exact training text is printed (default: 2)")
+    push = add("push")
     push.add_argument("folder", help="an export folder (adapter, merged model or GGUF, with its model card)")
     push.add_argument("--repo", required=True, help="owner/name of the model repo (created if missing)")
     push.add_argument("--public", action="store_true", help="create the repo public (default: private)")
-    runs = commands.add_parser("runs", help="the runs in a folder, their status; marks interrupted ones incomplete")
-    runs.add_argument("--runs-dir", default="runs")
-    evaluate = commands.add_parser("eval", help="base vs fine-tuned on held-out rows; one JSON object last")
-    evaluate.add_argument("--model", default="embedded", help="'embedded', a Hub repo id or a local folder")
-    evaluate.add_argument("--adapter", default=None, help="a run folder or adapter folder: adds 'finetuned'")
+    runs = add("runs")
+    runs.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")
+    evaluate = add("eval")
+    evaluate.add_argument("--model", default="embedded",
+                          help="'embedded', a Hub repo id or a local folder (default: embedded)")
+    evaluate.add_argument("--adapter", default=None,
+                          help="a run folder or adapter folder: adds 'finetuned' (default: none, the base model only)")
     evaluate.add_argument("--dataset", default=None,
                           help="'real' (medical-o1 rows in ../shared/data, never trained on), 'sample-mcq', "
-                               "'sample', a file, or default: the run's heldout.jsonl (else sample-mcq)")
-    evaluate.add_argument("--columns", type=_key_values, default={}, help="override mapping: question=Q,answer=A")
-    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows")
-    evaluate.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
+                               "'sample', or a file (default: the run's heldout.jsonl, else sample-mcq)")
+    evaluate.add_argument("--columns", type=_key_values, default={},
+                          help="override mapping: question=Q,answer=A (default: detected from the column names)")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate the first N rows (default: all)")
+    evaluate.add_argument("--template", choices=TEMPLATES, default=None,
+                          help="how questions are prompted and answers split (default: the adapter's, else chat)")
     evaluate.add_argument("--max-new-tokens", type=int, default=None,
-                          help="per answer (device default: finetune.config.EVAL_MAX_NEW_TOKENS)")
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--temperature", type=float, default=None, help="0: greedy (default 0.6, R1 advice)")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--max-length", type=int, default=2048)
-    evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
-    export = commands.add_parser("export", help="the adapter or a merged 16-bit model, written atomically")
-    export.add_argument("--model", default="embedded", help="the base model the adapter was trained on")
+                          help=f"per answer (default: {_by_device(EVAL_MAX_NEW_TOKENS)})")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="questions generated together (default: 8)")
+    evaluate.add_argument("--temperature", type=float, default=None,
+                          help="0: greedy (default: 0.6, DeepSeek's R1 advice)")
+    evaluate.add_argument("--seed", type=int, default=0, help="for sampling (default: 0)")
+    evaluate.add_argument("--max-length", type=int, default=2048, help="token limit per row (default: 2048)")
+    evaluate.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                          help="4-bit NF4 weights (default: on with CUDA, off on CPU)")
+    export = add("export")
+    gguf_formats = [fmt for fmt in EXPORT_FORMATS if fmt.startswith("gguf")]
+    export.add_argument("--model", default="embedded",
+                        help="the base model the adapter was trained on (default: embedded)")
     export.add_argument("--adapter", required=True, help="a run folder or adapter folder")
-    from finetune.export import FORMATS as EXPORT_FORMATS  # imports torch and gguf, not transformers
-
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="merged_16bit")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default=DEFAULT_EXPORT_FORMAT,
+                        help="adapter: the LoRA adapter alone, a few MB; merged_16bit: the base model with the "
+                             f"adapter merged in; {', '.join(gguf_formats)}: that merged model as one GGUF file "
+                             f"(llama.cpp, Ollama) (default: {DEFAULT_EXPORT_FORMAT})")
     export.add_argument("--output", required=True, help="a new folder")
-    export.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None)
+    export.add_argument("--load-in-4bit", action=argparse.BooleanOptionalAction, default=None,
+                        help="4-bit NF4 weights for the base model (default: on with CUDA, off on CPU)")
     return parser
 
 
@@ -175,6 +279,8 @@ def _settings(args):
             continue
         if flag == "max_steps" and value == 0:
             value = None  # 0: train --epochs instead
+        if flag == "holdout" and value == HOLDOUT_AUTO:
+            value = None  # sized to the data
         for section, name in targets:
             changes.setdefault(section, {})[name] = value
     recipe = with_changes(recipe, changes, "command line")
@@ -223,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if prepared.holdout and prepared.holdout.warning:  # e.g. a hold-out that leaves little to train on
+        print(f"warning: {prepared.holdout.warning}", file=sys.stderr)
     if args.command == "preview":
         return run_preview(loaded, prepared, args.rows)
     from finetune.train import fp8_applies, start_training
@@ -277,7 +385,7 @@ def run_preview(loaded, prepared, rows: int) -> int:
     from finetune.formats import preview_row
 
     _print({"model": loaded.info.summary(), "columns": prepared.columns, "template": prepared.template,
-            "stats": asdict(prepared.stats)})
+            "stats": asdict(prepared.stats), "holdout": asdict(prepared.holdout) if prepared.holdout else None})
     for row in prepared.rows[:rows]:
         _print({"segments": [{"text": text, "trained": trained}
                              for text, trained in preview_row(loaded.tokenizer, row)]})

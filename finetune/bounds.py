@@ -62,7 +62,7 @@ def check_number(value, label: str, bound: Range) -> None:
                          f"not {_figure(value)}")
 
 
-def number_from(value, label: str, bound: Range) -> int | float:
+def number_from(value, label: str, bound: Range) -> int | float | None:
     """A visitor's value for a number field (a number, or text that reads as one) as a checked number."""
     if isinstance(value, str):
         text = value.strip()
@@ -71,6 +71,8 @@ def number_from(value, label: str, bound: Range) -> int | float:
         except ValueError:
             raise ValueError(f"{label} must be a number, not {shorten(repr(text))}") from None
     if value is None:
+        if bound.optional:  # an empty box: the setting's automatic choice
+            return None
         raise ValueError(f"{label}: a number is needed")
     check_number(value, label, bound)
     return int(value) if bound.whole else float(value)

@@ -7,6 +7,7 @@ recipe that finishes in a few minutes on two cores with the embedded model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from finetune.bounds import SEED_MAX, check_ranges, ranged
 
@@ -141,6 +142,28 @@ def lora_for_device(device: str) -> LoraSettings:
     return LoraSettings(gradient_checkpointing=device == "cuda")
 
 
+Template = Literal["chat", "plain", "plain-neutral"]
+"""How an example becomes training text (finetune/formats.py writes each):
+- 'chat': the model's own chat template, the reasoning in a <think> block;
+- 'plain': the seeds' ### template in their medical voice ("You are a medical expert…", "### Clinical
+  Assessment:"), unchanged, so existing runs and recipes read the same;
+- 'plain-neutral': the same ### layout with a neutral role and headers, for data that is not medical.
+A run stores its template (run.json), and chat and evaluation prompt and split the way it was trained."""
+TEMPLATES: tuple[str, ...] = get_args(Template)
+TEMPLATE_LABELS = {
+    "chat": "The model's chat template, reasoning in a <think> block",
+    "plain": "### Question / ### Thinking Process / ### Clinical Assessment (medical)",
+    "plain-neutral": "### Question / ### Reasoning / ### Answer (neutral, any subject)",
+}
+"""What a person picks from, by template: the app's radios read these rather than write their own.
+(tests/test_templates_and_holdout.py checks that each ### label names its template's headers.)"""
+
+DEFAULT_EXPORT_FORMAT = "adapter"
+"""What the Export tab and `python -m finetune export` write unless told otherwise: the LoRA adapter, a few
+MB that load on their base model with PEFT, rather than a merged model of the base's full size (269 MB for
+the embedded model, 16 GB for an 8B). The formats themselves: finetune.export.FORMATS."""
+
+
 @dataclass
 class DataSettings:
     """Where the rows come from and how they become training text."""
@@ -149,16 +172,20 @@ class DataSettings:
     """'sample', 'medical-o1' (en), 'medical-o1-zh', or a .jsonl/.json/.csv/.parquet path."""
     split: str = "train[0:500]"
     """Hub datasets only: which slice to download."""
-    template: str = "chat"
-    """'chat': the model's own chat template with a <think> block; 'plain': the seeds' ### template."""
+    template: Template = "chat"
+    """One of TEMPLATES: 'chat' (the model's chat template, a <think> block), 'plain' (the seeds' medical ###
+    template) or 'plain-neutral' (### with a neutral role and headers; `suggested_template` picks)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Overrides for the detected mapping: keys question, reasoning, answer, messages, context."""
     system_prompt: str = ""
     max_rows: int | None = ranged(None, 1, 10_000_000, optional=True)
-    holdout_rows: int = ranged(0, 0, 10_000)
-    """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on."""
+    holdout_rows: int | None = ranged(0, 0, 10_000, optional=True)
+    """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on. None:
+    sized to the data (`finetune.data.holdout_plan`: a share of the rows between a floor and a cap, none from
+    a dataset too small to spare them), what the Train tab and the CLI start from (`default_recipe`). The
+    class's own 0 keeps a run built in code as it was: all rows trained, no evaluation at the end."""
 
     def __post_init__(self) -> None:
-        if self.template not in ("chat", "plain"):
-            raise ValueError(f"template must be 'chat' or 'plain', not {self.template!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, not {self.template!r}")
         check_ranges(self)

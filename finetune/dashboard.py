@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from finetune.eval_view import eval_line
+from finetune.eval_view import eval_line, eval_progress_line
 from finetune.job import TrainingJob
 
 
@@ -60,8 +60,9 @@ def progress_line(job: TrainingJob | None) -> str:
     if job.status == "running":
         if not job.metrics:
             return f"Starting: preparing the model and the first step ({p['elapsed_s']:.0f} s)…"
-        if p["evaluating"]:
-            return f"Trained {where}; now evaluating base vs fine-tuned on the held-out rows: {p['evaluating']}…"
+        if p["evaluating"] is not None:
+            return eval_progress_line(p["evaluating"], opening=f"Trained {where}; evaluating",
+                                      what="held-out questions")
         speed = f"{last['tokens_per_s']:,.0f} tokens/s" if last.get("tokens_per_s") else ""
         eta = f"ETA {_duration(p['eta_s'])}" if p["eta_s"] is not None else ""
         parts = [f"Training: {where}", f"loss {p['loss']:.3f}", speed, eta, f"elapsed {_duration(p['elapsed_s'])}"]

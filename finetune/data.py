@@ -802,12 +802,76 @@ def _gold(row: dict, options: dict[str, str], name: str, number: int) -> str:
     raise DatasetError(f"{name}, row {number}: has options but no answer_idx (or answer) naming one of them")
 
 
-def holdout_indices(total: int, rows: int, seed: int = 0, name: str = "") -> list[int]:
-    """Which of `total` rows to hold out of training: `rows` of them at random (fixed by `seed`), in order.
-    `name`, the dataset's, starts the message when there are too few rows."""
-    if rows <= 0:
-        return []
-    if rows >= total:
-        where = f"{name}: " if name else ""
-        raise DatasetError(f"{where}cannot hold out {rows} of {total} rows: nothing would be left to train on")
-    return sorted(random.Random(seed).sample(range(total), rows))
+HOLDOUT_SHARE = 0.10
+"""Automatic hold-out: one row in ten, the customary validation share."""
+HOLDOUT_FLOOR = 2
+"""At least 2 rows: a comparison of base and fine-tuned on one row says nothing."""
+HOLDOUT_CAP = 50
+"""At most 50 rows: every held-out row is answered twice at the end of a run (base and fine-tuned, up to 4,096
+new tokens each on a GPU), so 50 rows already take minutes there; past that, more rows train instead."""
+MIN_TRAIN_ROWS = 16
+"""Fewer rows than this to train on (two of the seeds' batches of 8) and a run mostly memorises a handful
+of rows: the automatic hold-out takes none from such a dataset, and a plan leaving fewer warns."""
+LARGE_HOLDOUT_SHARE = 0.25
+"""An explicit hold-out above a quarter of the rows warns: that much data is not trained on."""
+
+
+@dataclass(frozen=True)
+class HoldoutPlan:
+    """How many of a dataset's rows are held out for the end-of-run evaluation and how many train."""
+
+    held: int
+    train: int
+    automatic: bool
+    """Sized by `holdout_plan` (requested None) rather than given."""
+    warning: str = ""
+    """One sentence when the split leaves little to train on, or holds out a large share; else empty."""
+
+    @property
+    def summary(self) -> str:
+        """e.g. '16 rows held out for evaluation (automatic: one in ten), 144 left to train.'"""
+        if not self.held:
+            why = " (too few rows to spare any)" if self.automatic else ""
+            return (f"No rows held out{why}: all {self.train} train, and the run ends without a base vs "
+                    "fine-tuned evaluation.")
+        how = ""
+        if self.automatic:
+            how = f" (automatic: {HOLDOUT_SHARE:.0%} of the rows, {HOLDOUT_FLOOR} to {HOLDOUT_CAP})"
+        return f"{_rows(self.held)} held out for evaluation{how}, {self.train} left to train."
+
+
+def holdout_plan(total: int, requested: int | None, name: str = "") -> HoldoutPlan:
+    """Split `total` rows: `requested` held out, or None to size the hold-out to the data (HOLDOUT_SHARE
+    of the rows, HOLDOUT_FLOOR to HOLDOUT_CAP, none when fewer than MIN_TRAIN_ROWS would be left).
+    DatasetError, starting with `name`, when an explicit hold-out leaves nothing to train on."""
+    where = f"{name}: " if name else ""
+    if requested is None:
+        spare = total - MIN_TRAIN_ROWS
+        held = 0 if spare < HOLDOUT_FLOOR else min(max(int(total * HOLDOUT_SHARE), HOLDOUT_FLOOR), HOLDOUT_CAP, spare)
+    else:
+        held = max(requested, 0)
+        if held and held >= total:
+            raise DatasetError(f"{where}cannot hold out {held} of {total} rows: nothing would be left to train on; "
+                               f"hold out fewer, or leave the hold-out automatic")
+    train = total - held
+    warning = ""
+    if train < MIN_TRAIN_ROWS and held:
+        warning = (f"{where}holding out {held} of {total} rows leaves only {_rows(train)} to train on, and a run "
+                   f"learns little from fewer than {MIN_TRAIN_ROWS}: hold out fewer, or leave it automatic.")
+    elif train < MIN_TRAIN_ROWS:
+        warning = f"{where}only {_rows(train)} to train on; a run learns little from fewer than {MIN_TRAIN_ROWS}."
+    elif held > total * LARGE_HOLDOUT_SHARE:
+        warning = (f"{where}{held} of {total} rows ({held / total:.0%}) are held out and never trained on; "
+                   "an automatic hold-out would keep more to train.")
+    return HoldoutPlan(held, train, requested is None, warning)
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def holdout_indices(total: int, rows: int | None, seed: int = 0, name: str = "") -> list[int]:
+    """Which of `total` rows to hold out of training: `rows` of them (None: as `holdout_plan` sizes it) at
+    random, fixed by `seed`, in order. `name`, the dataset's, starts the message when there are too few rows."""
+    held = holdout_plan(total, rows, name).held
+    return sorted(random.Random(seed).sample(range(total), held)) if held else []

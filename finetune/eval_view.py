@@ -5,9 +5,11 @@ and one question in full. Pure functions of an evaluation report (or its JSON fo
 from __future__ import annotations
 
 from finetune.data import SAMPLE_FILE
-from finetune.evaluate import PUBLISHED, EvalReport, ItemResult
+from finetune.eval_estimate import duration_words
+from finetune.evaluate import PUBLISHED, EvalProgress, EvalReport, ItemResult
 
 TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
+MODEL_WORDS = {"base": "base model", "finetuned": "fine-tuned model"}
 MEASURES = [
     ("heldout_loss", "Held-out loss (reasoning + answer tokens)", "{:.3f}"),
     ("perplexity", "Perplexity", "{:.1f}"),
@@ -52,6 +54,27 @@ def eval_line(metrics: dict[str, dict]) -> str:
         if base.get(key) is not None and tuned.get(key) is not None:
             parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
     return " · ".join(parts)
+
+
+def eval_progress_line(progress: EvalProgress, opening: str = "Evaluating", what: str = "questions") -> str:
+    """The one status line of a running evaluation, on the Evaluate tab and (opening "Trained step 10/10;
+    evaluating", what "held-out questions") on the Train tab:
+
+        Evaluating 3 questions: base model, held-out loss, 1/2 rows scored
+        Evaluating 3 questions: fine-tuned model, answers 1/3, 212 tokens written, about 2 min left
+    """
+    what = what.removesuffix("s") if progress.questions == 1 else what
+    parts = [MODEL_WORDS[progress.model]]
+    if progress.phase == "loss":
+        parts.append(f"held-out loss, {progress.done}/{progress.total} rows scored")
+    else:
+        parts.append(f"answers {progress.done}/{progress.total}")
+        if progress.tokens:
+            parts.append(f"{progress.tokens:,} tokens written")
+    if progress.eta_s is not None:
+        left = duration_words(progress.eta_s).lower()
+        parts.append(f"{left.replace('about', 'at most', 1) if progress.eta_is_bound else left} left")
+    return f"{opening} {progress.questions:,} {what}: {', '.join(parts)}"
 
 
 def heldout_caption(figures: dict | None, real_rows_offered: bool) -> str:

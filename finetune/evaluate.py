@@ -1,7 +1,7 @@
 """What fine-tuning changed, measured on rows the model never trained on: base vs fine-tuned.
 
     items = load_eval_items("../shared/data/medical_o1_sample.jsonl", limit=20)
-    report = evaluate(loaded, items, EvalSettings())
+    report = evaluate(loaded, items, EvalSettings(), on_update=lambda p: print(eval_progress_line(p)))  # eval_view
     report.metrics["base"]["format_adherence"], report.metrics["finetuned"]["mcq_accuracy"]
 
 Measures, for the model with its adapter off ("base") and on ("finetuned"):
@@ -13,6 +13,10 @@ Measures, for the model with its adapter off ("base") and on ("finetuned"):
 
 Generation samples as DeepSeek advises for R1 models (temperature 0.6, top-p 0.95) from a fixed
 seed, so a run repeats exactly and base and fine-tuned see the same random numbers.
+
+While it runs, `evaluate` reports an `EvalProgress` (the phase under way, answers done, tokens written
+within the batch being generated, time left from the rates measured so far) a few times a second;
+`finetune.eval_view.eval_progress_line` says it in words for the Train and Evaluate tabs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from finetune.bounds import SEED_MAX, check_ranges, ranged
 from finetune.config import EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE
@@ -50,6 +55,13 @@ from inference.think import split_think
 
 MODELS = {"base": False, "finetuned": True}
 """Name in the report -> whether the LoRA adapter is on."""
+ModelName = Literal["base", "finetuned"]
+EvalPhase = Literal["loss", "answers"]
+"""What an evaluation is doing: scoring the reference answers (held-out loss), or writing answers."""
+PROGRESS_EVERY_S = 0.25
+"""The least time between two progress reports within a phase (a report per token would be noise)."""
+MIN_STEPS_FOR_ETA = 4
+"""Generation steps measured before a time left is said: the first step also encodes the prompts."""
 PUBLISHED = {
     "source": "HuatuoGPT-o1 paper (Chen et al., 2024); published figures, not measured here",
     "columns": ["MedQA", "MedMCQA", "PubMedQA"],
@@ -103,6 +115,31 @@ class ItemResult:
     reasoning_tokens: int
     answer_tokens: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where a running evaluation is, for a status line (`finetune.eval_view.eval_progress_line`)."""
+
+    phase: EvalPhase
+    model: ModelName
+    questions: int
+    """Items in this evaluation."""
+    done: int
+    """Loss: rows scored so far; answers: questions this model has answered."""
+    total: int
+    """Loss: rows with a reference answer; answers: `questions`."""
+    batch_tokens: int = 0
+    """Tokens written so far in the batch of answers being generated (every question of it together)."""
+    tokens: int = 0
+    """Tokens this model has written in all its answers so far, the batch under way included."""
+    elapsed_s: float = 0.0
+    """Since the evaluation began."""
+    eta_s: float | None = None
+    """Seconds left for the whole evaluation at the rates measured in it; None until there is a measurement."""
+    eta_is_bound: bool = False
+    """The time left counts answers still to come at their token limit (no batch has finished yet to say
+    how long answers run): it is then the most it takes, not a likely figure."""
 
 
 @dataclass
@@ -182,8 +219,9 @@ def extract_choice(answer: str, options: dict[str, str]) -> str | None:
 
 
 def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: EvalSettings,
-                  use_adapter: bool) -> tuple[float | None, int]:
-    """Mean loss per trained token (reasoning and answer) over the items that have a reference answer."""
+                  use_adapter: bool, on_row: Callable[[int, int], None] | None = None) -> tuple[float | None, int]:
+    """Mean loss per trained token (reasoning and answer) over the items that have a reference answer;
+    `on_row(done, total)` after each row."""
     import torch
 
     from finetune.adapters import adapter_switched
@@ -197,7 +235,7 @@ def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: Eval
     with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
         model.eval()
         device = next(model.parameters()).device
-        for row in data.rows:
+        for done, row in enumerate(data.rows, start=1):
             ids = torch.tensor([row.input_ids], device=device)
             labels = torch.tensor([row.labels], device=device)
             logits = model(input_ids=ids).logits[0, :-1].float()
@@ -205,6 +243,8 @@ def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: Eval
             losses = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
             total += float(losses)
             count += int((targets != IGNORE_INDEX).sum())
+            if on_row is not None:
+                on_row(done, len(data.rows))
     return (total / count if count else None), count
 
 
@@ -215,8 +255,11 @@ def generate_answers(
     use_adapter: bool,
     stop: threading.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[ItemResult]:
-    """Answers to the items, a batch at a time; `on_batch(done)` after each batch."""
+    """Answers to the items, a batch at a time; `on_batch(done)` after each batch, and
+    `on_step(steps, tokens)` after each token step of a batch: steps so far, and tokens written so far
+    by the batch's questions that have not yet ended."""
     import torch
 
     from finetune.adapters import adapter_switched
@@ -233,7 +276,7 @@ def generate_answers(
         began = time.perf_counter()
         with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
             torch.manual_seed(settings.seed + start)
-            texts = _generate_batch(loaded, prompts, settings, stop)
+            texts = _generate_batch(loaded, prompts, settings, stop, on_step)
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, (item, prompt, text) in enumerate(zip(batch, prompts, texts, strict=True)):
             opened = prompt_opens_reasoning(prompt, template)
@@ -259,7 +302,7 @@ def generate_answers(
 
 
 def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings,
-                    stop: threading.Event | None) -> list[str]:
+                    stop: threading.Event | None, on_step: Callable[[int, int], None] | None = None) -> list[str]:
     from transformers import StoppingCriteriaList
 
     from inference.generate import StopOnEvent, check_room
@@ -272,14 +315,48 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
         tokenizer.padding_side = side
     check_room(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
     inputs = inputs.to(next(loaded.model.parameters()).device)
-    criteria = StoppingCriteriaList([StopOnEvent(stop)]) if stop is not None else None
+    criteria = StoppingCriteriaList([StopOnEvent(stop)] if stop is not None else [])
+    if on_step is not None:
+        criteria.append(_CountTokens(inputs["input_ids"].shape[1], _end_ids(loaded), on_step))
     sampling = settings.temperature > 0
     output = loaded.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=sampling,
                                    temperature=settings.temperature if sampling else None,
                                    top_p=settings.top_p if sampling else None,
-                                   pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria)
+                                   pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria or None)
     new = output[:, inputs["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
+    # No clean-up: it is for WordPiece tokenizers, and a BPE one ignores it with a warning in the log.
+    return tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _end_ids(loaded: LoadedModel) -> list[int]:
+    """The tokens that end an answer (generate pads a finished answer with the pad token afterwards)."""
+    ends = getattr(loaded.model.generation_config, "eos_token_id", None)
+    if ends is None:
+        ends = loaded.tokenizer.eos_token_id
+    return [ends] if isinstance(ends, int) else list(ends or [])
+
+
+class _CountTokens:
+    """A stopping criterion that stops nothing: generate calls it after every token step, so it counts the
+    tokens written so far (an answer's end token counted, the padding after it not) for progress."""
+
+    def __init__(self, prompt_length: int, end_ids: list[int], on_step: Callable[[int, int], None]):
+        self.prompt_length = prompt_length
+        self.end_ids = end_ids
+        self.on_step = on_step
+        self.tokens = 0
+        self.ended = None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.ended is None:
+            self.ended = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        self.tokens += int((~self.ended).sum())
+        if self.end_ids:
+            self.ended |= torch.isin(input_ids[:, -1], torch.tensor(self.end_ids, device=input_ids.device))
+        self.on_step(input_ids.shape[1] - self.prompt_length, self.tokens)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _count_tokens(tokenizer, text: str) -> int:
@@ -317,32 +394,163 @@ def evaluate(
     models: Sequence[str] | None = None,
     stop: threading.Event | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_update: Callable[[EvalProgress], None] | None = None,
 ) -> EvalReport:
     """Measure base and (when the model has an adapter) fine-tuned on the same items.
 
-    `on_progress(model, done, total)` after each batch of generations; `stop` ends it early, and the
-    report says so (its figures then cover what was done).
+    `on_update(progress)` when a phase begins, a few times a second within it (tokens written within a
+    batch of answers) and when a batch ends; `on_progress(model, done, total)` after each batch of
+    answers. A phase that does not apply (no reference answers: no held-out loss) is never reported.
+    `stop` ends it early, and the report says so (its figures then cover what was done).
     """
     if models is None:
         models = ["base", "finetuned"] if loaded.has_adapter else ["base"]
     items = list(items)[: settings.limit] if settings.limit else list(items)
+    tracker = _ProgressTracker(items, list(models), settings, on_update)
     report = EvalReport()
     for name in models:
         if stop is not None and stop.is_set():
             break
         use_adapter = MODELS[name]
-        loss, loss_tokens = held_out_loss(loaded, items, settings, use_adapter)
+        loss, loss_tokens = None, 0
+        if tracker.loss_rows:
+            tracker.begin(name, "loss")
+            loss, loss_tokens = held_out_loss(loaded, items, settings, use_adapter, on_row=tracker.row_scored)
         results = []
         if settings.generate:
-            def progress(done: int, name=name) -> None:
+            def batch_done(done: int, name=name) -> None:
+                tracker.batch_done(done)
                 if on_progress is not None:
                     on_progress(name, done, len(items))
 
-            results = generate_answers(loaded, items, settings, use_adapter, stop, progress)
+            tracker.begin(name, "answers")
+            results = generate_answers(loaded, items, settings, use_adapter, stop, batch_done, tracker.step)
+        tracker.model_done()
         report.metrics[name] = summarize(results, loss, loss_tokens)
         report.items[name] = results
     report.stopped = bool(stop is not None and stop.is_set())
     return report
+
+
+class _ProgressTracker:
+    """Turns the phases, rows, batches and token steps of one `evaluate` into `EvalProgress` reports, and
+    reckons the time left from what this evaluation has measured: seconds per scored row, seconds per
+    generation step, and steps per finished batch (a batch runs until its longest answer ends)."""
+
+    def __init__(self, items: list[EvalItem], models: list[str], settings: EvalSettings,
+                 report: Callable[[EvalProgress], None] | None):
+        self.report_to = report
+        self.questions = len(items)
+        # What held_out_loss scores: its rows are the items with a reference answer.
+        self.loss_rows = sum(item.has_reference for item in items)
+        self.models = models
+        self.settings = settings
+        self.batches = math.ceil(self.questions / settings.batch_size) if settings.generate else 0
+        self.began = time.perf_counter()
+        self.model: str = models[0] if models else "base"
+        self.phase: EvalPhase = "loss"
+        self.phase_began = self.began
+        self.models_done = 0
+        self.done = 0
+        self.total = 0
+        self.loss_seconds, self.rows_scored = 0.0, 0
+        self.answer_seconds, self.steps_finished = 0.0, 0
+        self.batch_steps: list[int] = []
+        """Steps each finished batch took."""
+        self.model_batches = 0
+        """Batches this model has finished."""
+        self.steps, self.batch_tokens, self.tokens = 0, 0, 0
+        self.tokens_finished = 0
+        """This model's tokens in its finished batches."""
+        self.last_report = 0.0
+
+    # Events -------------------------------------------------------------------------------------
+
+    def begin(self, model: str, phase: EvalPhase) -> None:
+        self.model, self.phase, self.phase_began = model, phase, time.perf_counter()
+        self.done, self.total = 0, self.loss_rows if phase == "loss" else self.questions
+        self.steps = self.batch_tokens = 0
+        if phase == "answers":
+            self.tokens = self.tokens_finished = self.model_batches = 0
+        self._report(force=True)
+
+    def row_scored(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if done == total:
+            self._end_phase()
+        self._report(force=done == total)
+
+    def step(self, steps: int, batch_tokens: int) -> None:
+        self.steps, self.batch_tokens = steps, batch_tokens
+        self.tokens = self.tokens_finished + batch_tokens
+        self._report()
+
+    def batch_done(self, done: int) -> None:
+        self.batch_steps.append(self.steps)
+        self.model_batches += 1
+        self.steps_finished += self.steps
+        self.tokens_finished = self.tokens
+        self.done, self.steps, self.batch_tokens = done, 0, 0
+        self._report(force=True)
+
+    def model_done(self) -> None:
+        if self.phase == "answers":
+            self._end_phase()
+        self.models_done += 1
+
+    def _end_phase(self) -> None:
+        seconds = time.perf_counter() - self.phase_began
+        if self.phase == "loss":
+            self.loss_seconds, self.rows_scored = self.loss_seconds + seconds, self.rows_scored + self.total
+        else:
+            self.answer_seconds += seconds
+        self.phase_began = time.perf_counter()  # counted once, whatever comes next
+
+    # Reports -------------------------------------------------------------------------------------
+
+    def _report(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.report_to is None or (not force and now - self.last_report < PROGRESS_EVERY_S):
+            return
+        self.last_report = now
+        eta, bound = self._time_left(now)
+        self.report_to(EvalProgress(
+            phase=self.phase, model=self.model, questions=self.questions, done=self.done, total=self.total,
+            batch_tokens=self.batch_tokens if self.phase == "answers" else 0,
+            tokens=self.tokens if self.phase == "answers" else 0,
+            elapsed_s=round(now - self.began, 1), eta_s=None if eta is None else round(eta, 1),
+            eta_is_bound=bound,
+        ))
+
+    def _time_left(self, now: float) -> tuple[float | None, bool]:
+        """Seconds left and whether they are a bound, or (None, False) while a rate it needs is unmeasured."""
+        in_phase = now - self.phase_began
+        models_left = len(self.models) - self.models_done  # this one included
+        rows, loss_seconds = self.rows_scored, self.loss_seconds
+        steps, generating = self.steps_finished, self.answer_seconds
+        batches_left = self.batches * models_left  # the batch under way included
+        if self.phase == "loss":
+            rows_left = self.loss_rows * models_left - self.done
+            rows, loss_seconds = rows + self.done, loss_seconds + in_phase
+        else:
+            rows_left = self.loss_rows * (models_left - 1)
+            batches_left -= self.model_batches
+            steps, generating = steps + self.steps, generating + in_phase
+        left = 0.0
+        if rows_left:
+            if not rows:
+                return None, False
+            left += rows_left * loss_seconds / rows
+        if not batches_left:
+            return left, False
+        if steps < MIN_STEPS_FOR_ETA:
+            return None, False
+        per_step = generating / steps
+        limit = self.settings.max_new_tokens
+        if self.batch_steps:  # answers end before their limit: count the batches to come at the length measured
+            expected = min(sum(self.batch_steps) / len(self.batch_steps), limit)
+            return left + (max(expected - self.steps, 0) + (batches_left - 1) * expected) * per_step, False
+        return left + ((limit - self.steps) + (batches_left - 1) * limit) * per_step, True
 
 
 def save_items(items: Sequence[EvalItem], path) -> None:

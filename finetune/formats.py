@@ -1,11 +1,13 @@
 """Examples to training text: the prompt the model will see at inference, and the part it learns.
 
-Two templates:
+Three templates (finetune.config.TEMPLATES):
 - 'chat': the model's own chat template. The assistant turn is "<think>\\n{cot}\\n</think>\\n\\n{answer}".
   R1-distill templates already end the prompt with "<think>\\n"; then the completion starts inside
   the block. (We never render the assistant turn through the template: R1 templates cut everything
   before </think> out of assistant messages, which would drop the reasoning we want to train.)
-- 'plain': the seeds' "### Role / ### Question / ### Thinking Process / ### Clinical Assessment".
+- 'plain': the seeds' "### Role / ### Question / ### Thinking Process / ### Clinical Assessment", with
+  their medical role; 'plain-neutral': the same layout in a neutral voice ("### Reasoning / ### Answer"),
+  for data that is not medical. PLAIN_TEMPLATES holds the words of each; `suggested_template` picks one.
 
 Prompt and completion are tokenized separately, exactly as inference tokenizes the prompt, and the
 prompt tokens get label -100 so only the reasoning and answer are trained.
@@ -13,32 +15,100 @@ prompt tokens get label -100 so only the reasoning and answer are trained.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from finetune.config import DataSettings
-from finetune.data import EvalItem, Example, LoadedRows, eval_items, holdout_indices, load_examples
+from finetune.data import (
+    MEDICAL_O1,
+    SAMPLE_FILE,
+    EvalItem,
+    Example,
+    HoldoutPlan,
+    LoadedRows,
+    RawRows,
+    eval_items,
+    holdout_indices,
+    holdout_plan,
+    load_examples,
+)
 from inference.think import THINK_CLOSE, THINK_OPEN
 
 IGNORE_INDEX = -100
-PLAIN_ROLE = (
-    "You are a medical expert with advanced knowledge in clinical reasoning, diagnostics, and treatment "
-    "planning. Think through the question step by step, then give your clinical assessment."
-)
-PLAIN_OPEN = "### Thinking Process:"
-PLAIN_CLOSE = "### Clinical Assessment:"
+
+
+@dataclass(frozen=True)
+class PlainTemplate:
+    """The words of one ### template: the default role and the headers before question, reasoning, answer."""
+
+    role: str
+    question: str
+    reasoning: str
+    """Opens the reasoning: the prompt ends with it, as an R1 chat prompt ends with <think>."""
+    answer: str
+    """Closes the reasoning and opens the answer."""
+
+
+PLAIN_TEMPLATES = {
+    "plain": PlainTemplate(  # the seeds' text, byte for byte: runs trained on it prompt and split the same
+        role="You are a medical expert with advanced knowledge in clinical reasoning, diagnostics, and treatment "
+        "planning. Think through the question step by step, then give your clinical assessment.",
+        question="### Question:",
+        reasoning="### Thinking Process:",
+        answer="### Clinical Assessment:",
+    ),
+    "plain-neutral": PlainTemplate(
+        role="You are an expert. Think through the question step by step, then give your answer.",
+        question="### Question:",
+        reasoning="### Reasoning:",
+        answer="### Answer:",
+    ),
+}
+"""Each ### template (a value of finetune.config.TEMPLATES) and its words."""
+PLAIN_ROLE = PLAIN_TEMPLATES["plain"].role
+PLAIN_OPEN = PLAIN_TEMPLATES["plain"].reasoning
+PLAIN_CLOSE = PLAIN_TEMPLATES["plain"].answer
 _SENTINEL = "\u2063SENTINEL\u2063"
+
+
+def is_plain_template(template: str) -> bool:
+    """A ### template ('plain', 'plain-neutral') rather than the model's chat template."""
+    return template in PLAIN_TEMPLATES
 
 
 def reasoning_tags(template: str) -> tuple[str, str]:
     """The markers around the reasoning in a model's output, for the given training template."""
-    return (PLAIN_OPEN, PLAIN_CLOSE) if template == "plain" else (THINK_OPEN, THINK_CLOSE)
+    words = PLAIN_TEMPLATES.get(template)
+    return (words.reasoning, words.answer) if words else (THINK_OPEN, THINK_CLOSE)
 
 
 def effective_template(template: str, tokenizer) -> str:
-    """'chat' needs a chat template; a base model without one falls back to the plain template."""
-    return template if template == "plain" or getattr(tokenizer, "chat_template", None) else "plain"
+    """'chat' needs a chat template; a base model without one falls back to the seeds' ### template."""
+    return template if is_plain_template(template) or getattr(tokenizer, "chat_template", None) else "plain"
+
+
+_CLINICAL = re.compile(r"\b(patients?|diagnos\w*|clinical|symptoms?|diseases?|\d+-year-old)\b", re.IGNORECASE)
+"""Words of clinical text, not of others ("treatment" is not one: wafers and water get heat treatment too)."""
+
+
+def reads_medical(raw: RawRows | LoadedRows, rows: int = 20) -> bool:
+    """Whether a dataset is medical, cheaply: the bundled sample and medical-o1 are; any other is when at least
+    half of its first `rows` rows use a clinical word (patient, diagnosis, symptom, 45-year-old...)."""
+    if raw.name == SAMPLE_FILE.name or raw.name.startswith(MEDICAL_O1):
+        return True
+    first = raw.rows[:rows]
+    clinical = sum(bool(_CLINICAL.search(" ".join(map(str, row.values())))) for row in first)
+    return bool(first) and 2 * clinical >= len(first)
+
+
+def suggested_template(raw: RawRows | LoadedRows, current: str = "plain") -> str:
+    """The template to offer once a dataset is read: the chat template stays; a ### template takes the
+    dataset's voice, 'plain' (medical) for medical data, 'plain-neutral' for any other."""
+    if not is_plain_template(current):
+        return current
+    return "plain" if reads_medical(raw) else "plain-neutral"
 
 
 def build_prompt(
@@ -49,10 +119,12 @@ def build_prompt(
     `history` holds earlier (question, answer) turns of a chat. Answers only: like DeepSeek's own
     chat, earlier reasoning is not fed back.
     """
-    if effective_template(template, tokenizer) == "plain":
-        role = system_prompt or PLAIN_ROLE
-        turns = "".join(f"### Question:\n{q}\n\n{PLAIN_CLOSE}\n{a}\n\n" for q, a in history)
-        return f"### Role:\n{role}\n\n{turns}### Question:\n{question}\n\n{PLAIN_OPEN}\n"
+    template = effective_template(template, tokenizer)
+    if is_plain_template(template):
+        words = PLAIN_TEMPLATES[template]
+        role = system_prompt or words.role
+        turns = "".join(f"{words.question}\n{q}\n\n{words.answer}\n{a}\n\n" for q, a in history)
+        return f"### Role:\n{role}\n\n{turns}{words.question}\n{question}\n\n{words.reasoning}\n"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for earlier_question, earlier_answer in history:
         messages.append({"role": "user", "content": earlier_question})
@@ -69,7 +141,7 @@ def prompt_opens_reasoning(prompt: str, template: str) -> bool:
 
 def end_of_turn(tokenizer, template: str) -> str:
     """What the template writes after an assistant message (e.g. '<|im_end|>'); the model must learn it."""
-    if effective_template(template, tokenizer) == "plain":
+    if is_plain_template(effective_template(template, tokenizer)):
         return tokenizer.eos_token or ""
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
     rendered = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -145,6 +217,8 @@ class PreparedDataset:
     columns: dict[str, str] = field(default_factory=dict)
     heldout: list[EvalItem] = field(default_factory=list)
     """Rows kept out of training, for the evaluation at the end of the run."""
+    holdout: HoldoutPlan | None = None
+    """How the rows were split (held out, left to train, any warning); None for rows tokenized as they are."""
 
     def to_hf_dataset(self):
         from datasets import Dataset
@@ -199,12 +273,14 @@ def prepare_dataset(data: DataSettings, tokenizer, max_length: int) -> PreparedD
 
 def tokenize_rows(rows: LoadedRows, data: DataSettings, tokenizer, max_length: int) -> PreparedDataset:
     """Tokenize rows already read (the CLI reads and checks them before the model loads), less the
-    `data.holdout_rows` held out for evaluation."""
-    held = holdout_indices(len(rows.examples), data.holdout_rows, name=rows.name)  # in row order
+    `data.holdout_rows` held out for evaluation (None: as many as `holdout_plan` sizes for the data)."""
+    plan = holdout_plan(len(rows.examples), data.holdout_rows, rows.name)
+    held = holdout_indices(len(rows.examples), plan.held, name=rows.name)  # in row order
     kept = set(range(len(rows.examples))) - set(held)
     train = [example for i, example in enumerate(rows.examples) if i in kept]
     prepared = tokenize_examples(tokenizer, train, data.template, max_length, data.system_prompt, rows.name)
     prepared.columns = rows.mapping.as_dict()
+    prepared.holdout = plan
     prepared.heldout = eval_items([rows.rows[i] for i in held], [rows.examples[i] for i in held], rows.name,
                                   strict=False)
     return prepared

@@ -90,12 +90,14 @@ def run_instructions(fmt: str) -> str:
             "`ollama create my-model -f Modelfile` and `ollama run my-model`")
 
 
-def export_gguf(loaded, folder: Path, fmt: str) -> Path:
-    """Write `loaded`'s model, adapter merged, as `folder/model-<type>.gguf`; returns the file."""
+def export_gguf(loaded, folder: Path, fmt: str, base_name: str | None = None, base_repo: str | None = None) -> Path:
+    """Write `loaded`'s model, adapter merged, as `folder/model-<type>.gguf`; returns the file. `base_name`
+    and `base_repo` name the model fine-tuned (export.base_model: for the embedded model its Hub repo,
+    not the word 'embedded'); general.name is then "SmolLM2-135M-Instruct + LoRA"."""
     model = inner_model(loaded.model)
     path = Path(folder) / gguf_filename(fmt)
-    name = f"{Path(loaded.info.name).name} + LoRA"
-    write_gguf(path, MergedWeights(loaded.model), model.config, loaded.tokenizer, fmt, name)
+    name = f"{Path(base_name or loaded.info.name).name} + LoRA"
+    write_gguf(path, MergedWeights(loaded.model), model.config, loaded.tokenizer, fmt, name, base_repo)
     return path
 
 
@@ -138,15 +140,20 @@ class PlannedTensor:
     qtype: QType
 
 
-def write_gguf(path: Path, weights: Mapping[str, torch.Tensor], config, tokenizer, fmt: str, name: str) -> None:
+def write_gguf(path: Path, weights: Mapping[str, torch.Tensor], config, tokenizer, fmt: str, name: str,
+               base_repo: str | None = None) -> None:
     """Write one GGUF file from transformers-named `weights` (a dict, or `MergedWeights`), the model's
-    config and its tokenizer: the header first, then each tensor as it is converted."""
+    config and its tokenizer: the header first, then each tensor as it is converted. `name` is
+    general.name; `base_repo`, the Hub repo fine-tuned, goes in general.base_model.* as convert_hf_to_gguf
+    writes it from a model card."""
     if fmt not in GGUF_FORMATS:
         raise GGUFExportError(f"unknown GGUF format {fmt!r}; choose from {', '.join(GGUF_FORMATS)}")
     arch = _architecture(config)
     plan = plan_tensors(config, weights, fmt)
     writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[arch])
     _add_model_metadata(writer, config, fmt, name)
+    if base_repo is not None:
+        _add_base_model(writer, base_repo)
     _add_tokenizer(writer, tokenizer, config.vocab_size)
     for tensor in plan:
         writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32), _nbytes(tensor), raw_dtype=tensor.qtype)
@@ -321,6 +328,17 @@ def _add_model_metadata(writer: gguf.GGUFWriter, config, fmt: str, name: str) ->
     writer.add_file_type(GGUF_FORMATS[fmt][0])
     if fmt != "gguf_f16":
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_base_model(writer: gguf.GGUFWriter, repo: str) -> None:
+    """general.basename and general.base_model.0.*: the repo's name and organization, and its URL."""
+    organization, _, model = repo.rpartition("/")
+    writer.add_basename(model)
+    writer.add_base_model_count(1)
+    writer.add_base_model_name(0, model)
+    if organization:
+        writer.add_base_model_organization(0, organization)
+    writer.add_base_model_repo_url(0, f"https://huggingface.co/{repo}")
 
 
 def _add_tokenizer(writer: gguf.GGUFWriter, tokenizer, vocab_size: int) -> None:

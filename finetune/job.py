@@ -9,6 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the job module stays light: the app imports it before any model library
+    from finetune.data import HoldoutPlan
+    from finetune.evaluate import EvalProgress
 
 
 class TrainingBusy(RuntimeError):
@@ -35,8 +40,10 @@ class TrainingJob:
         self.stop_requested = threading.Event()
         self.diverged: str | None = None
         """What went non-finite and at which step, once the loss or the gradients did (the run then fails)."""
-        self.evaluating: str | None = None
-        """While the run evaluates on its held-out rows: e.g. "fine-tuned 3/8"."""
+        self.holdout: HoldoutPlan | None = None
+        """The run's hold-out when the Start that made it knew it: rows held out, rows left to train."""
+        self.evaluating: EvalProgress | None = None
+        """While the run evaluates on its held-out rows: where that evaluation is (its last report)."""
         self._changed = threading.Condition()
         self.thread: threading.Thread | None = None
 

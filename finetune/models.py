@@ -24,7 +24,7 @@ from finetune.hub import hub_offline_mode, hub_reachable
 from finetune.tokenizer_check import TokenizerError, checked_tokenizer
 
 PRESETS = {
-    "embedded": "SmolLM2-135M-Instruct, embedded: runs offline on CPU (default)",
+    "embedded": "SmolLM2-135M-Instruct, built in: runs offline on CPU (default)",
     "unsloth/DeepSeek-R1-Distill-Qwen-1.5B-bnb-4bit": "R1-Distill Qwen 1.5B, pre-quantized 4-bit (GPU)",
     "unsloth/DeepSeek-R1-Distill-Llama-8B-bnb-4bit": "R1-Distill Llama 8B, pre-quantized 4-bit (GPU)",
     "unsloth/DeepSeek-R1-Distill-Qwen-7B-bnb-4bit": "R1-Distill Qwen 7B, pre-quantized 4-bit (GPU)",

@@ -6,7 +6,7 @@ tokenizes it the way a run will, and summarizes it for a person.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.bounds import shorten
@@ -15,9 +15,11 @@ from finetune.data import (
     HUB_PRESETS,
     READ_LIMITS,
     DatasetError,
+    HoldoutPlan,
     LoadedRows,
     RawRows,
     ReadLimits,
+    holdout_plan,
     map_columns,
     read_source,
 )
@@ -67,10 +69,21 @@ class DatasetPreview:
     stats: LengthStats | None = None
     histogram: list[dict] = field(default_factory=list)
     """Token length bins: {'tokens': label, 'rows': count, 'fits': 'fits' | 'truncated'}."""
+    holdout: HoldoutPlan | None = None
+    """How `data.holdout_rows` splits these rows; None when it cannot (see `holdout_error`)."""
+    holdout_error: str = ""
+    """Why the hold-out asked for cannot be: a run would refuse it. The text and lengths shown are then of
+    all rows."""
 
     def summary(self) -> str:
         mapped = ", ".join(f"{role} ← `{column}`" for role, column in self.mapping.items())
         lines = [f"**{self.name}**: {self.rows} rows; {mapped}."]
+        if self.holdout_error:
+            lines.append(f"**{_sentence(self.holdout_error)}**")
+        elif self.holdout is not None:
+            lines.append(self.holdout.summary)
+            if self.holdout.warning:
+                lines.append(f"**{_sentence(self.holdout.warning)}**")
         if self.stats is None:
             lines.append("Load a model to see the exact training text and token lengths.")
             return "\n\n".join(lines)
@@ -92,11 +105,17 @@ class DatasetPreview:
 def preview_dataset(
     raw: RawRows, data: DataSettings, tokenizer=None, max_length: int = 2048, row_index: int = 0, shown: int = 5
 ) -> DatasetPreview:
-    """Map raw rows with `data.columns` and summarize them; with a tokenizer, also the exact training
-    text of row `row_index` (0-based) and the token lengths."""
+    """Map raw rows with `data.columns` and summarize them, with how `data.holdout_rows` splits them (held
+    out, left to train, any warning); with a tokenizer, also the exact training text of row `row_index`
+    (0-based) of the rows that train, and their token lengths."""
     rows = map_columns(raw, data.columns)
     table = [[shorten(text, 300) for text in (e.question, e.reasoning, e.answer)] for e in rows.examples[:shown]]
     preview = DatasetPreview(rows, rows.name, len(rows.examples), rows.columns, rows.mapping.as_dict(), table)
+    try:
+        preview.holdout = holdout_plan(len(rows.examples), data.holdout_rows)
+    except DatasetError as err:  # said in the summary; the rows are still worth seeing
+        preview.holdout_error = str(err)
+        data = replace(data, holdout_rows=0)
     if tokenizer is None:
         return preview
     prepared = tokenize_rows(rows, data, tokenizer, max_length)
@@ -107,6 +126,10 @@ def preview_dataset(
     preview.stats = prepared.stats
     preview.histogram = length_histogram(prepared.lengths, max_length)
     return preview
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def length_histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[dict]:

@@ -41,9 +41,11 @@ SECTIONS = {"model": ModelSettings, "data": DataSettings, "train": TrainSettings
 
 
 def default_recipe(device: str) -> Recipe:
-    """What the Train tab and the CLI start from on this device."""
+    """What the Train tab and the CLI start from on this device: its training defaults, and a hold-out
+    sized to the data (`holdout_rows: null` in a recipe; finetune.data.holdout_plan)."""
     train = TrainSettings.for_device(device)
-    return Recipe(ModelSettings(max_length=train.max_length), DataSettings(), train, lora_for_device(device))
+    return Recipe(ModelSettings(max_length=train.max_length), DataSettings(holdout_rows=None), train,
+                  lora_for_device(device))
 
 
 def load_recipe(path: str | Path, device: str) -> Recipe:
@@ -100,6 +102,8 @@ def _convert(value, hint, where: str):
             return None
         raise RecipeError(f"{where} cannot be empty")
     kind = typing.get_origin(kinds[0]) or kinds[0]
+    if kind is typing.Literal:  # a closed vocabulary of text (e.g. DataSettings.template): the class names it
+        kind = str
     try:
         if kind is bool:
             if not isinstance(value, bool):

@@ -18,18 +18,22 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from transformers import PrinterCallback, Trainer, TrainerCallback
-from trl import SFTTrainer
+from finetune.quiet import drop_library_advisories, no_dataset_progress_bars
 
-from finetune.adapters import attach_fresh_adapter, nonfinite_weight, remove_adapter, restore_4bit_training_layout
-from finetune.backend import is_main_process
-from finetune.config import LoraSettings, TrainSettings
-from finetune.formats import PreparedDataset
-from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile
-from finetune.job import TrainingBusy, TrainingJob
-from finetune.models import LoadedModel, release_memory
-from finetune.recipe import Recipe, save_recipe
-from finetune.runs import (
+drop_library_advisories()  # before transformers' Trainer imports PEFT, whose bitsandbytes advises at import
+
+from transformers import PrinterCallback, Trainer, TrainerCallback  # noqa: E402
+from trl import SFTTrainer  # noqa: E402
+
+from finetune.adapters import attach_fresh_adapter, nonfinite_weight, remove_adapter, restore_4bit_training_layout  # noqa: E402
+from finetune.backend import is_main_process  # noqa: E402
+from finetune.config import LoraSettings, TrainSettings  # noqa: E402
+from finetune.formats import PreparedDataset  # noqa: E402
+from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile  # noqa: E402
+from finetune.job import TrainingBusy, TrainingJob  # noqa: E402
+from finetune.models import LoadedModel, release_memory  # noqa: E402
+from finetune.recipe import Recipe, save_recipe  # noqa: E402
+from finetune.runs import (  # noqa: E402
     RunFolderError,
     append_metric,
     check_writable,
@@ -151,12 +155,13 @@ def run_training(
         from unsloth import FastLanguageModel
 
         FastLanguageModel.for_training(model)
-    trainer = ReasoningSFTTrainer(
-        model=model,
-        args=build_sft_config(train, output_dir, loaded.device, job.total_steps),
-        train_dataset=data.to_hf_dataset(),
-        processing_class=loaded.tokenizer,
-    )
+    with no_dataset_progress_bars():
+        trainer = ReasoningSFTTrainer(
+            model=model,
+            args=build_sft_config(train, output_dir, loaded.device, job.total_steps),
+            train_dataset=data.to_hf_dataset(),
+            processing_class=loaded.tokenizer,
+        )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; our job records them
     trainer.add_callback(JobCallback(job, trainer, output_dir))
     fp8 = fp8_applies(loaded, train)
@@ -218,18 +223,16 @@ def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSet
     The held-out rows go to heldout.jsonl and the per-question answers to eval.json, so the
     Evaluate tab and `python -m finetune eval` can look at them again.
     """
-    from finetune.evaluate import EvalSettings, evaluate, item_rows, save_items
+    from finetune.evaluate import EvalProgress, EvalSettings, evaluate, item_rows, save_items
 
     settings = EvalSettings(template=data.template, max_length=train.max_length,
                             max_new_tokens=train.eval_max_new_tokens, generate=train.eval_generate)
-    names = {"base": "base", "finetuned": "fine-tuned"}
 
-    def progress(model: str, done: int, total: int) -> None:
-        job.evaluating = f"{names[model]} {done}/{total}"
+    def progress(update: EvalProgress) -> None:
+        job.evaluating = update
 
-    job.evaluating = f"held-out loss on {len(data.heldout)} rows"
     try:
-        report = evaluate(loaded, data.heldout, settings, stop=job.stop_requested, on_progress=progress)
+        report = evaluate(loaded, data.heldout, settings, stop=job.stop_requested, on_update=progress)
     finally:
         job.evaluating = None
     save_items(data.heldout, output_dir / "heldout.jsonl")

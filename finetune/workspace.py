@@ -33,7 +33,7 @@ from finetune.job import TrainingBusy, TrainingJob
 from finetune.models import LoadedModel, ModelInfo, load_model, release_memory
 from finetune.recipe import Recipe
 from finetune.runs import RunSummary, disk_error, list_runs, mark_abandoned_runs, read_record
-from inference.chat import stream_chat
+from inference.chat import ChatRuns, stream_chat
 from inference.generate import GenerationSettings
 
 
@@ -141,6 +141,7 @@ class Workspace:
                 recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora,
                                 str(output_dir))
                 self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
+                self.job.holdout = prepared.holdout
             except BaseException:
                 shutil.rmtree(output_dir, ignore_errors=True)
                 raise
@@ -277,6 +278,44 @@ class Workspace:
         if stop is not None:
             stop.set()
 
+    @property
+    def adapter_run(self) -> str | None:
+        """The run whose saved adapter is on the loaded model, which chat's fine-tuned pane answers with; None
+        with no adapter, or one no run has saved yet (a run in progress, or one that failed)."""
+        from finetune.adapters import run_folder
+
+        loaded = self.loaded
+        if loaded is None or not loaded.has_adapter or loaded.adapter_dir is None:
+            return None
+        folder = run_folder(loaded.adapter_dir)
+        return folder.name if folder is not None else None
+
+    def chat_runs(self) -> ChatRuns:
+        """The runs chat's fine-tuned pane can answer with (a saved adapter trained on the loaded model, newest
+        first) and the one it answers with now."""
+        loaded = self.loaded
+        if loaded is None:
+            return ChatRuns([], None, False)
+        runs = [name for name in self.exportable_runs()
+                if read_record(self.runs_dir / name).get("model", {}).get("name") == loaded.info.name]
+        training = Path(self.job.output_dir).name if self.training else None
+        return ChatRuns(runs, self.adapter_run, loaded.has_adapter, training)
+
+    def use_run(self, run_name: str) -> ChatRuns:
+        """Put a run's saved adapter on the loaded model: chat's fine-tuned pane (and Export) use it from now on.
+        Refused while a run trains, or while a reply or an evaluation is using the model."""
+        self.require_model()
+        if not run_name:
+            raise WorkspaceError("Pick a run for the fine-tuned pane (one that finished or was stopped).")
+        if self.training:
+            raise WorkspaceError("A training run is going on; the fine-tuned pane answers with it. Pick another "
+                                 "run when it ends or is stopped.")
+        if self._chat_stops or self._eval_stops:
+            raise WorkspaceError("A reply (yours or another visitor's) or an evaluation is using the model; pick "
+                                 "the run again when it ends.")
+        self._put_on_adapter_of(self.runs_dir / _safe_name(run_name), wait=False)
+        return self.chat_runs()
+
     def evaluation_sources(self) -> list[tuple[str, str]]:
         """(label, source) pairs for the Evaluate tab; the real medical-o1 rows first where there are some."""
         real = ([(f"Real medical-o1 rows ({_count_lines(self.real_rows)}; HuatuoGPT-o1, never bundled or trained on)",
@@ -298,7 +337,8 @@ class Workspace:
     ) -> Iterator[tuple[str, EvalReport | None]]:
         """Evaluate base and fine-tuned in a worker thread; yield (progress line, None) about twice a
         second, then (summary line, report). `stop_evaluation(visitor)` ends it early."""
-        from finetune.evaluate import evaluate, load_eval_items
+        from finetune.eval_view import eval_progress_line
+        from finetune.evaluate import EvalProgress, evaluate, load_eval_items
 
         loaded = self.require_model()
         if self.training:
@@ -308,15 +348,15 @@ class Workspace:
         if settings.template == "auto":
             settings = replace(settings, template=self.trained_template or "chat")
         stop = self._eval_stops[visitor] = threading.Event()
-        progress = [f"Evaluating {len(items)} questions: held-out loss…"]
+        progress = [f"Evaluating {len(items)} questions: starting…"]  # until evaluate reports its first phase
         outcome: list = []
 
-        def on_progress(model: str, done: int, total: int) -> None:
-            progress[0] = f"Evaluating: {'fine-tuned' if model == 'finetuned' else model} {done}/{total} answered…"
+        def on_update(update: EvalProgress) -> None:
+            progress[0] = eval_progress_line(update)
 
         def work() -> None:
             try:
-                outcome.append(evaluate(loaded, items, settings, stop=stop, on_progress=on_progress))
+                outcome.append(evaluate(loaded, items, settings, stop=stop, on_update=on_update))
             except Exception as err:  # shown to the visitor below
                 outcome.append(err)
 
@@ -412,12 +452,17 @@ class Workspace:
         if not loaded.has_adapter:
             raise WorkspaceError("Nothing trained to export yet: train (or resume) a run first.")
         run_name = loaded.adapter_dir.parent.name if loaded.adapter_dir else "run"
-        target = self.exports_dir / (_safe_name(name) or f"{run_name}-{fmt.replace('_', '-')}")
+        chosen = _safe_name(name)
+        target = self.exports_dir / (chosen or f"{run_name}-{fmt.replace('_', '-')}")
         with loaded.lock:  # not while a reply is written: the GGUF and merged exports read every weight
-            return export_model(loaded, target, fmt, run_dir=loaded.adapter_dir)
+            # An automatic name taken moves on to name-2, name-3… (picked when the folder is moved into
+            # place); a name the visitor typed is refused if taken, with a free one suggested.
+            return export_model(loaded, target, fmt, run_dir=loaded.adapter_dir, next_free=not chosen)
 
-    def _put_on_adapter_of(self, run_dir: Path) -> None:
-        """Put a run's saved adapter on the loaded model (also what chat's fine-tuned pane then answers with)."""
+    def _put_on_adapter_of(self, run_dir: Path, wait: bool = True) -> None:
+        """Put a run's saved adapter on the loaded model (also what chat's fine-tuned pane then answers with).
+
+        `wait=False` refuses, instead of waiting, while a reply or an export holds the model."""
         from finetune.adapters import load_adapter
 
         loaded = self.require_model()
@@ -427,11 +472,18 @@ class Workspace:
         record = read_record(run_dir)
         trained_on = record.get("model", {}).get("name")
         if trained_on != loaded.info.name:
-            raise WorkspaceError(f"{run_dir.name} trained {trained_on}; load that model first, then export.")
-        if loaded.adapter_dir is not None and Path(loaded.adapter_dir).resolve() == adapter.resolve():
+            raise WorkspaceError(f"{run_dir.name} trained {trained_on}, not the loaded {loaded.info.name}; load "
+                                 "that model first.")
+        if (loaded.has_adapter and loaded.adapter_dir is not None
+                and Path(loaded.adapter_dir).resolve() == adapter.resolve()):
             return  # already on
-        with loaded.lock:
+        if not loaded.lock.acquire(blocking=wait):
+            raise WorkspaceError("The model is writing a reply (or an export) for another visitor; pick the run "
+                                 "again when it ends.")
+        try:
             load_adapter(loaded, adapter)
+        finally:
+            loaded.lock.release()
         self.trained_template = run_template(record)
 
     def exports(self) -> list[str]:
@@ -445,10 +497,21 @@ class Workspace:
         """Upload one export folder to the Hub; the token is used for this call only and kept nowhere."""
         from finetune.hub import push_folder
 
-        folder = self.exports_dir / _safe_name(export_name or "")
-        if not export_name or not folder.is_dir():
-            raise WorkspaceError("Pick an export to push: export the model first.")
+        name = _safe_name(export_name or "")
+        folder = self.exports_dir / name
+        if not name or not folder.is_dir():  # no name would be exports/ itself
+            raise WorkspaceError(self._no_export_to_push(export_name or ""))
         return push_folder(folder, (repo_id or "").strip(), token=(token or "").strip() or None, private=private)
+
+    def _no_export_to_push(self, export_name: str) -> str:
+        """Why there is nothing to push: no export yet (then export first), or none picked (then pick one)."""
+        exports = self.exports()
+        if not exports:
+            return "Nothing exported yet: export the model first (above), then push that export."
+        ready = "1 export is ready" if len(exports) == 1 else f"{len(exports)} exports are ready"
+        if not export_name.strip():
+            return f"Pick an export to push: {ready}, the latest {exports[0]}."
+        return f"No export named {shorten(export_name)!r}: pick one of those ready ({ready}, the latest {exports[0]})."
 
     def stop_training(self) -> str:
         if not self.training:
@@ -456,6 +519,18 @@ class Workspace:
         self.job.stop()
         return ("Stopping after the current step; the adapter trained so far and a checkpoint to resume from "
                 "will be saved.")
+
+    def running_recipe(self) -> Recipe | None:
+        """The settings of the run going on (as its Start or Resume set them), for a page opened meanwhile;
+        None when no run is going on or its recipe cannot be read."""
+        from finetune.recipe import RecipeError, load_recipe
+
+        if not self.training:
+            return None
+        try:  # the file names every field, so the device's defaults under it do not show through
+            return load_recipe(Path(self.job.output_dir) / "recipe.yaml", "cpu")
+        except RecipeError:
+            return None
 
 
 # The folders of an absolute path (left of its last part), not preceded by what makes it part of a URL,

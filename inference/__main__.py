@@ -14,6 +14,7 @@ import json
 import sys
 
 from finetune.backend import import_unsloth_first
+from finetune.config import TEMPLATES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapter", default=None, help="a run folder or adapter folder from python -m finetune")
     parser.add_argument("--json", action="store_true", help="print one JSON object with thinking and answer")
     parser.add_argument("--compare", action="store_true", help="answer with the base model, then the fine-tuned")
-    parser.add_argument("--template", choices=("chat", "plain"), default=None, help="default: the adapter's")
+    parser.add_argument("--template", choices=TEMPLATES, default=None, help="default: the adapter's, else chat")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="the reply's limit, reasoning included (default: GenerationSettings for the device)")
     parser.add_argument("--temperature", type=float, default=None, help="default 0.6 (R1 advice); 0: greedy")

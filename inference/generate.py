@@ -8,6 +8,7 @@ Base and fine-tuned come from the same loaded model with the adapter off or on, 
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,15 @@ class Reply:
     """True when the generation was stopped by the caller before it ended."""
     decoder: str = ""
     """Which decoding path wrote the reply: the fast decoder's description or "transformers generate"."""
+    phase: str = "writing"
+    """Where the reply is before its first token: "waiting" for the model (another reply or an export holds
+    it), "reading" the prompt (the prefill, which Stop cannot cut); then "writing". Chat panes add "queued"
+    (a pane that answers after another), "not started" (stopped before its turn) and "no adapter"."""
+
+
+HEARTBEAT_SECONDS = 0.5
+"""With no new text for this long, `stream_reply` yields the reply as it is anyway, so a caller can show
+that the model is waiting, reading the prompt, or still counting tokens (a word can take several)."""
 
 
 def _counting_streamer(tokenizer):
@@ -93,7 +103,7 @@ def _counting_streamer(tokenizer):
                 self.generated += value.numel()
             super().put(value)
 
-    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    return CountingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=HEARTBEAT_SECONDS)
 
 
 class StopOnEvent:
@@ -146,10 +156,13 @@ def stream_reply(
     )
     failure: list[BaseException] = []
     used: list[str] = []
+    reading = threading.Event()
+    """Set once this generation holds the model: before that it waits for another reply (or an export)."""
 
     def generate() -> None:
         try:
             with loaded.lock, torch.inference_mode():
+                reading.set()
                 if stop.is_set():  # Stop pressed while waiting for the model: no prompt to read
                     streamer.end()
                     return
@@ -171,42 +184,38 @@ def stream_reply(
     thread = threading.Thread(target=generate, name="generate", daemon=True)
     thread.start()
     text, thinking_seconds, thinking_tokens = "", None, None
+
+    def so_far(done: bool = False) -> Reply:
+        nonlocal thinking_seconds, thinking_tokens
+        split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
+        if split.closed and split.thinking and thinking_seconds is None:
+            thinking_seconds = round(time.perf_counter() - started, 2)
+            thinking_tokens = streamer.generated
+        seconds = time.perf_counter() - started
+        phase = "writing" if streamer.generated or done else "reading" if reading.is_set() else "waiting"
+        return Reply(split.thinking, split.answer, split.closed, done, streamer.generated,
+                     round(seconds, 2) if done else seconds, thinking_seconds, thinking_tokens,
+                     stopped=done and stop.is_set(), decoder=(used[0] if used else "") if done else "", phase=phase)
+
     try:
-        for piece in streamer:
-            text += piece
-            split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
-            if split.closed and split.thinking and thinking_seconds is None:
-                thinking_seconds = round(time.perf_counter() - started, 2)
-                thinking_tokens = streamer.generated
-            yield Reply(
-                split.thinking,
-                split.answer,
-                split.closed,
-                False,
-                streamer.generated,
-                time.perf_counter() - started,
-                thinking_seconds,
-                thinking_tokens,
-            )
+        reading.wait(0.05)  # a free model is taken at once: then the first word is "reading", not "waiting"
+        yield so_far()  # at once, before the prompt is read: a long prompt or a busy model can take a while
+        while True:
+            try:
+                text += next(streamer)
+            except StopIteration:
+                break
+            except queue.Empty:  # no new text for HEARTBEAT_SECONDS: say where the reply is anyway
+                if not thread.is_alive():
+                    break
+            yield so_far()
     except GeneratorExit:  # the caller went away (a closed page): free the model for others
         stop.set()
         raise
     thread.join()
     if failure:
         raise failure[0]
-    split = split_think(text, opened=opened, open_tag=open_tag, close_tag=close_tag)
-    yield Reply(
-        split.thinking,
-        split.answer,
-        split.closed,
-        True,
-        streamer.generated,
-        round(time.perf_counter() - started, 2),
-        thinking_seconds,
-        thinking_tokens,
-        stopped=stop.is_set(),
-        decoder=used[0] if used else "",
-    )
+    yield so_far(done=True)
 
 
 def context_limit(loaded: LoadedModel) -> int | None:

@@ -166,7 +166,7 @@ def choose_sample_dataset(client, max_length: int = 128) -> None:
     """What the Dataset tab does for a visitor: read the bundled sample, then map it (the preview)."""
     *pickers, _ = client.predict("sample", None, "train[0:500]", api_name="/read_dataset")
     columns = [picker["value"] if isinstance(picker, dict) else picker for picker in pickers]
-    client.predict(*columns, "chat", "", max_length, 1, api_name="/preview_dataset")
+    client.predict(*columns, "chat", "", max_length, 1, None, api_name="/preview_dataset")
 
 
 def message_text(message: dict) -> str:

@@ -33,7 +33,8 @@ LOAD = ["embedded", False, 160, "auto"]
 # Endpoints whose handler answers "No model loaded" or "Pick ..." without a model: (valid inputs, inputs not
 # fuzzed: files, which Gradio itself refuses unless uploaded)
 OTHERS = {"evaluate": (["sample-mcq", None, 2, 16, "auto"], {1}), "export": ([None, "adapter", ""], set()),
-          "push": ([None, "", "", True], set()), "resume_training": ([None], set())}
+          "push": ([None, "", "", True], set()), "resume_training": ([None], set()),
+          "use_run": ([None], set())}
 JUNK = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12), st.sampled_from(["\ud800", "12", " 3 ", "1e400", "-0", "nan", "inf", "x" * 70_000]),

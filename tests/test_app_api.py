@@ -12,8 +12,9 @@ from finetune.data import SAMPLE_FILE
 from inference.chat import NO_ADAPTER, STOPPED
 
 QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?"
-# preview_dataset inputs after the column pickers: template, system prompt, max length, preview row
-PREVIEW_SETTINGS = ("chat", "", 256, 1)
+# preview_dataset inputs after the column pickers: template, system prompt, max length, preview row, hold-out
+# (None: automatic)
+PREVIEW_SETTINGS = ("chat", "", 256, 1, None)
 # start_training inputs: template, system prompt, max length, steps, lr, micro-batch, accumulation, r, alpha,
 # dropout, warm-up, schedule, optimizer, batches, checkpointing, seed; then run name, held-out rows, answers at end
 TRAIN_SETTINGS = ("chat", "", 160, 200, 2e-3, 2, 1, 8, 16, 0.0, 0, "constant", "adamw_torch", "group_by_length", False,
@@ -91,7 +92,7 @@ def test_two_visitors_share_one_run(url, app_server):
     pick_dataset(first)
     pick_dataset(second)
     started, _ = first.predict(*TRAIN_SETTINGS, "shared", 0, False, api_name="/start_training")
-    assert started == "Starting…"
+    assert started.startswith("Starting…")
     refused, _ = second.predict(*TRAIN_SETTINGS, "other", 0, False, api_name="/start_training")
     assert refused.startswith("⚠ busy: a training job is already running")
     *_, chat_status = second.predict(QUESTION, [], [], "Base only", 16, 0.0, 0.95, 1.0, 0, "auto", "",
@@ -126,9 +127,9 @@ def test_a_run_holds_rows_out_and_the_evaluate_tab_compares_on_them(url, app_ser
     pick_dataset(client)
     settings = (*TRAIN_SETTINGS[:3], 4, *TRAIN_SETTINGS[4:])  # 4 steps
     started, _ = client.predict(*settings, "heldout", 3, False, api_name="/start_training")
-    assert started == "Starting…"
+    assert started.startswith("Starting…")
     assert workspace.job.wait(timeout=600) and workspace.job.status == "done", workspace.job.error
-    _, status, *_, eval_table, source, _ = client.predict(api_name="/dashboard")
+    _, status, *_, eval_table, source, _timer, _resume, _note = client.predict(api_name="/dashboard")
     assert "held-out loss" in status  # e.g. "held-out loss 2.712 → 2.604 (-4%)"
     assert source.startswith("Held out of this run: 3 rows of clinical_vignettes.jsonl, never trained on. These rows "
                              "come from the bundled sample the model trained on, so they share its shape and flatter")
@@ -139,6 +140,7 @@ def test_a_run_holds_rows_out_and_the_evaluate_tab_compares_on_them(url, app_ser
     assert line.startswith("Done. 2 questions from heldout.jsonl. These rows come from the bundled sample")
     assert table["headers"] == ["Measure", "Base", "Fine-tuned"]
     assert any(row[0].startswith("Format") for row in table["data"])
+    questions = questions.get("value", questions)  # an update: the table comes with its column widths
     assert len(questions["data"]) == 2 and detail.startswith("**Question 1.**")
 
 

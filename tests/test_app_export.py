@@ -26,7 +26,7 @@ def trained(app_server):
     client.predict("embedded", False, 128, "auto", api_name="/load_model")
     assert client.predict(None, "adapter", "", api_name="/export")[0].startswith("⚠ Nothing trained to export yet")
     choose_sample_dataset(client)
-    assert client.predict(*TRAIN, "to-export", 0, False, api_name="/start_training")[0] == "Starting…"
+    assert client.predict(*TRAIN, "to-export", 0, False, api_name="/start_training")[0].startswith("Starting…")
     assert workspace.job.wait(300) and workspace.job.status == "done", workspace.job.error
     return client, workspace
 
@@ -43,8 +43,10 @@ def test_the_adapter_exports_and_downloads_as_a_zip(trained):
     assert folder.is_dir() and choice["value"] == "to-export-adapter"  # offered to push at once
     with zipfile.ZipFile(download) as archive:
         assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(archive.namelist())
-    again = client.predict(None, "adapter", "", api_name="/export")[0]
-    assert again.startswith("⚠") and "already exists" in again
+    again, _, choice = client.predict(None, "adapter", "", api_name="/export")  # the automatic name moves on
+    assert again.startswith("✓ Exported to `exports/to-export-adapter-2`") and choice["value"] == "to-export-adapter-2"
+    typed = client.predict(None, "adapter", "to-export-adapter", api_name="/export")[0]  # a typed name does not
+    assert typed.startswith("⚠ exports/to-export-adapter already exists") and "such as to-export-adapter-3" in typed
 
 
 def test_a_gguf_export_downloads_the_file_itself(trained):
@@ -92,8 +94,10 @@ def test_an_earlier_run_is_exported_after_the_model_was_loaded_again(trained):
 
 
 def test_push_offline_says_so(trained, monkeypatch):
-    client, _ = trained
+    client, workspace = trained
     client.predict(None, "adapter", "offline", api_name="/export")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     status = client.predict("offline", "standin-user/r1-medical", TOKEN, True, api_name="/push")[0]
     assert status.startswith("⚠ Cannot push: offline mode is on")
+    unpicked = client.predict(None, "standin-user/r1-medical", TOKEN, True, api_name="/push")[0]
+    assert unpicked.startswith("⚠ Pick an export to push:") and f"the latest {workspace.exports()[0]}." in unpicked

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROMIUM, ROOT
 
+from finetune.config import TEMPLATE_LABELS
 from finetune.data import MCQ_FILE, SAMPLE_FILE
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -90,11 +91,13 @@ def test_bad_input_gets_a_visible_message_and_the_app_keeps_answering(page, tmp_
     page.wait_for_selector("#dataset-status:has-text('no_answer.jsonl: missing column for the answer')")
     shoot(page, "bad-input-dataset")
 
-    # Start with a model but no usable dataset; the app still loads models and answers.
+    # Start with a model but no usable dataset: it says the upload was refused, and why; the app still
+    # loads models and answers.
     load_embedded(page)
     open_tab(page, "Train")
     page.get_by_role("button", name="Start training").click()
-    page.wait_for_selector("#train-status:has-text('No dataset: pick a preset or upload a file')")
+    page.wait_for_selector("#train-status:has-text('The dataset picked in the Dataset tab was refused: "
+                           "no_answer.jsonl: missing column for the answer')")
     shoot(page, "bad-input-train")
 
 
@@ -138,12 +141,25 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
                   .length > {seen}""",
         timeout=120_000,
     )
+    # ... and its form shows the run's own settings, not the defaults.
+    assert page.get_by_label("Max steps").input_value() == "200"
+    assert page.get_by_label("Run name (a folder in the app's output folder)").input_value().startswith("run-")
     page.get_by_role("button", name="Stop").first.click()
     wait_for_status(page, "train-status", "Stopped at step")
     assert "adapter saved to" in page.inner_text("#train-status")
+    # The stopped run is offered to resume at once, without a reload or another tab.
+    page.get_by_text("Resume a stopped or interrupted run").click()
+    page.wait_for_function("() => document.querySelector('#resume-run input')?.value.includes('stopped at step')")
+    # The log box shows its newest line: the box holds as many lines as the log keeps.
+    log = page.locator("#train-log textarea")
+    assert log.evaluate("box => box.scrollHeight <= box.clientHeight + 2 || "
+                        "box.scrollTop + box.clientHeight >= box.scrollHeight - 2")
     shoot(page, "4-train-stopped")
 
     open_tab(page, "Chat")
+    assert page.get_by_text("Never use an output to diagnose").count() == 1  # the banner once, above the tabs
+    # The fine-tuned pane names the run whose adapter answers.
+    assert page.locator("#chat-tuned").get_by_text("Fine-tuned: run-").count() >= 1
     page.get_by_text("Generation settings").click()
     tokens = page.locator("#max-new-tokens input[type=number]")
     tokens.fill("32")
@@ -167,6 +183,8 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
 def test_evaluate_tab_shows_the_figures_and_each_question(page):
     load_embedded(page)
     open_tab(page, "Evaluate")
+    # Before any run the per-question table already names its columns (not "1 2 3").
+    assert "Question" in page.inner_text("#eval-questions") and "Gold" in page.inner_text("#eval-questions")
     page.wait_for_selector("#published:has-text('not measured here')")  # published figures, labelled
     for label, value in (("Sample size (first N questions)", "2"), ("Max new tokens per answer", "16")):
         box = page.get_by_label(label)
@@ -229,3 +247,20 @@ def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, a
     page.wait_for_selector("#training-text:has-text('<|im_start|>assistant')", timeout=60_000)
     loading.join()
     context.close()
+
+
+def test_a_non_medical_upload_gets_the_neutral_template_and_a_hold_out_sized_to_it(page, tmp_path):
+    load_embedded(page)
+    open_tab(page, "Dataset")
+    page.get_by_label(TEMPLATE_LABELS["plain"]).check()
+    rows = [{"input": f"Why does wafer {i} show a yield drop after etch?",
+             "output": f"<think>Check the etch chamber log for wafer {i}.</think>A worn chamber seal."}
+            for i in range(20)]
+    upload(page, write_jsonl(tmp_path / "fab_notes.jsonl", rows))
+    # The ### template takes the data's voice: no "Clinical Assessment" for a fab's notes.
+    page.wait_for_selector("#training-text:has-text('### Reasoning:')")
+    assert page.get_by_label(TEMPLATE_LABELS["plain-neutral"]).is_checked()
+    assert "Clinical" not in page.inner_text("#training-text")
+    # 20 rows: 2 held out (not 8), and the preview says what is left to train.
+    page.wait_for_selector("#dataset-status:has-text('2 rows held out for evaluation')")
+    assert "18 left to train" in page.inner_text("#dataset-status")

@@ -2,17 +2,22 @@
 earlier turns fed back as answers only, and base vs fine-tuned for the same question."""
 
 import copy
+import threading
 
 from conftest import R1_TEMPLATE
 
 from finetune.formats import build_prompt
 from inference.chat import (
+    MODEL_NOTES,
     NO_ADAPTER,
+    NOT_STARTED,
     NOTE,
     REASONING_TITLE,
     STOPPED,
     conversation,
+    queued_note,
     reply_messages,
+    status_line,
     stream_chat,
 )
 from inference.generate import GenerationSettings, Reply
@@ -127,3 +132,42 @@ def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_an
     bubble, answer = updates[-1]["base"]
     assert bubble["metadata"]["log"] == "4,000 tokens" and answer["content"] == "An answer."
     assert len(list(stream_chat(loaded, "Why?", GREEDY, panes=("base",), every=0))) == 4002
+
+
+def test_the_later_pane_says_it_is_queued_from_the_first_update_and_a_stop_leaves_it_not_started(monkeypatch):
+    """The status line says where each pane is all along (the prompt being read included), then the speeds."""
+    import inference.chat
+    from finetune.models import LoadedModel
+
+    stop = threading.Event()
+
+    def stopped_stream(loaded, question, settings, use_adapter, stop_event, history):
+        yield Reply("", "", False, False, 0, 0.2, phase="reading")
+        yield Reply("Weighing", "", False, False, 30, 2.0)
+        stop.set()  # the visitor presses Stop while the base model thinks
+        yield Reply("Weighing", "", False, True, 31, 2.1, stopped=True)
+
+    monkeypatch.setattr(inference.chat, "stream_reply", stopped_stream)
+    loaded = LoadedModel.__new__(LoadedModel)
+    monkeypatch.setattr(LoadedModel, "has_adapter", property(lambda self: True))
+    replies, updates, lines = {}, [], []
+    for update in stream_chat(loaded, "Why?", GREEDY, stop=stop, replies=replies):
+        updates.append(update)
+        lines.append(status_line(replies))
+    assert updates[0] == {"base": [{"role": "assistant", "content": MODEL_NOTES["reading"]}],
+                          "tuned": [{"role": "assistant", "content": queued_note("base")}]}
+    assert queued_note("base") == NOTE + "Waiting: the base model answers first…"
+    assert lines[:2] == ["Base: reading the question… · Fine-tuned: queued",
+                         "Base: thinking… 30 tokens, 15 tokens/s · Fine-tuned: queued"]
+    assert updates[-1]["tuned"] == [{"role": "assistant", "content": NOT_STARTED}]
+    assert lines[-1] == "Base: 31 tokens in 2.1 s (15 tokens/s)"  # the speed line, as before
+
+
+def test_a_reply_on_its_way_says_where_it_is_in_the_status_line():
+    waiting = {"base": Reply("", "", False, False, 0, 3.0, phase="waiting"), "tuned": reply(phase="queued")}
+    assert status_line(waiting).startswith("Base: waiting for the model (another visitor's reply")
+    answering = {"base": reply("Inferior MI.", "Give", thinking_done=True)}
+    assert status_line(answering) == "Base: answering… 40 tokens, 13 tokens/s"
+    assert status_line({"base": reply(phase="reading")}) == "Base: reading the question… 3 s"
+    assert status_line({"tuned": reply(phase="no adapter")}) == "Fine-tuned: no adapter yet"
+    assert reply_messages(reply(phase="waiting")) == [{"role": "assistant", "content": MODEL_NOTES["waiting"]}]

@@ -1,5 +1,6 @@
 """The two command lines, run as a user runs them."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def test_inference_decoders_write_the_same_greedy_answer():
         (["--model", "./nowhere"], "no such local folder"),
         (["--max-steps", "ten"], "invalid int value: 'ten'"),
         (["--holdout", str(SAMPLE_ROWS)], f"cannot hold out {SAMPLE_ROWS} of {SAMPLE_ROWS} rows"),
+        (["--holdout", "some"], "expected a number of rows or auto, got 'some'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
@@ -148,3 +150,41 @@ def test_bad_file_content_names_the_line(tmp_path):
     bad.write_text('{"Question": "q", "Response": "a"}\n{"Question": \n')
     result = run("finetune", "train", "--dataset", str(bad), "--output", str(tmp_path / "x"))
     assert result.returncode == 2 and "bad.jsonl: malformed JSON on line 2" in result.stderr
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    from finetune.__main__ import build_parser
+
+    [commands] = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return commands.choices
+
+
+def test_every_subcommand_says_what_it_does_and_every_option_its_default():
+    for name, command in subcommands().items():
+        assert command.description and len(command.description) > 30, name
+        for action in command._actions:
+            if action.option_strings and action.dest != "help" and not action.required:
+                assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]} states no default"
+    top = run("finetune", "--help")  # each subcommand listed with its one-line help
+    assert top.returncode == 0 and all(f"    {name}  " in top.stdout for name in subcommands())
+
+
+def test_export_defaults_to_the_adapter_and_offers_the_gguf_files():
+    from finetune.config import DEFAULT_EXPORT_FORMAT
+    from finetune.export import FORMATS
+
+    export = subcommands()["export"]
+    [fmt] = [action for action in export._actions if action.dest == "format"]
+    assert DEFAULT_EXPORT_FORMAT == fmt.default == "adapter" and tuple(fmt.choices) == FORMATS
+    assert {"gguf_f16", "gguf_q8_0", "gguf_q4_k_m"} <= set(fmt.choices)
+    assert "(default: adapter)" in " ".join(export.format_help().split())
+
+
+def test_holdout_is_automatic_unless_a_number_is_given_and_templates_come_from_the_vocabulary():
+    from finetune.__main__ import _settings, build_parser
+
+    parse = build_parser().parse_args
+    assert _settings(parse(["train", "--output", "x"])).data.holdout_rows is None  # sized to the data
+    assert _settings(parse(["train", "--holdout", "auto", "--output", "x"])).data.holdout_rows is None
+    assert _settings(parse(["train", "--holdout", "3", "--output", "x"])).data.holdout_rows == 3
+    assert _settings(parse(["preview", "--template", "plain-neutral"])).data.template == "plain-neutral"

@@ -599,7 +599,7 @@ def upload(client, path) -> str:
     if status:
         return status
     columns = [picker["value"] if isinstance(picker, dict) else picker for picker in pickers]
-    summary, *_ = client.predict(*columns, "chat", "", MAX_LENGTH, 1, api_name="/preview_dataset")
+    summary, *_ = client.predict(*columns, "chat", "", MAX_LENGTH, 1, None, api_name="/preview_dataset")
     return summary
 
 

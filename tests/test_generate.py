@@ -88,3 +88,16 @@ def test_a_reply_that_would_overflow_the_context_says_what_to_lower(loaded):
         check_room(loaded, 9000, 16)
     assert loaded.lock.acquire(timeout=1)  # nothing started
     loaded.lock.release()
+
+
+def test_a_reply_says_at_once_where_it_is_while_another_holds_the_model(loaded):
+    free = stream_reply(loaded, "What is sepsis?", GenerationSettings(max_new_tokens=4, temperature=0))
+    first = next(free)
+    assert (first.phase, first.tokens, first.done) == ("reading", 0, False)  # before the prompt is read
+    free.close()
+    replies = stream_reply(loaded, "What is sepsis?", GenerationSettings(max_new_tokens=4, temperature=0))
+    with loaded.lock:  # another visitor's reply, say
+        first, heartbeat = next(replies), next(replies)  # the second half a second later, no text yet
+    assert (first.phase, heartbeat.phase, heartbeat.tokens) == ("waiting", "waiting", 0)
+    rest = list(replies)
+    assert rest[-1].done and rest[-1].tokens == 4 and {r.phase for r in rest} <= {"reading", "writing"}

@@ -131,6 +131,21 @@ def test_gguf_metadata_and_names_match_what_llama_cpp_wrote(exported):
     assert field(ours, "tokenizer.ggml.pre") == "gpt-2"
 
 
+def test_gguf_names_the_embedded_models_hub_repo_and_has_plain_modes(exported, tmp_path):
+    _, folders = exported
+    folder = folders["gguf_q8_0"]
+    reader = gguf.GGUFReader(folder / gguf_filename("gguf_q8_0"))
+    assert field(reader, "general.name") == "SmolLM2-135M-Instruct + LoRA"  # not "embedded + LoRA"
+    assert field(reader, "general.basename") == "SmolLM2-135M-Instruct"
+    assert [field(reader, f"general.base_model.0.{key}") for key in ("name", "organization", "repo_url")] == [
+        "SmolLM2-135M-Instruct", "HuggingFaceTB", "https://huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"]
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct\n" in (folder / "README.md").read_text()
+    (tmp_path / "plain-folder").mkdir()
+    (tmp_path / "plain-file").write_text("")
+    assert folder.stat().st_mode == (tmp_path / "plain-folder").stat().st_mode  # not mkdtemp's 0700
+    assert {path.stat().st_mode for path in folder.iterdir()} == {(tmp_path / "plain-file").stat().st_mode}
+
+
 def tiny_tokenizer(pre_tokenizer):
     """A 300-token byte-level BPE tokenizer with ChatML specials, trained in milliseconds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

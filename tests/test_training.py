@@ -152,3 +152,63 @@ def test_lora_weights_are_trainable_only(trained_run):
     trainable = [n for n, p in loaded.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert torch.is_grad_enabled()
+
+
+A_SHORT_RUN = """
+import sys
+from finetune.backend import import_unsloth_first
+import_unsloth_first()
+from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
+from finetune.dashboard import log_lines
+from finetune.formats import prepare_dataset
+from finetune.models import load_model
+from finetune.train import start_training
+
+loaded = load_model(ModelSettings())
+data = prepare_dataset(DataSettings(source="sample", max_rows=5, holdout_rows=1), loaded.tokenizer, 128)
+train = TrainSettings(micro_batch_size=2, grad_accum_steps=1, warmup_steps=0, max_steps=2, optimizer="adamw_torch",
+                      max_length=128, eval_max_new_tokens=2)
+job = start_training(loaded, data, train, LoraSettings(r=8, alpha=16, gradient_checkpointing=False), sys.argv[1])
+job.wait(timeout=400)
+print(log_lines(job))
+"""
+CHATTER = ["gemm_4bit_forward", "kernels", "clean_up_tokenization_spaces", "Truncating train dataset",
+           "Dropping fully masked"]
+
+
+def test_a_runs_log_holds_our_lines_and_no_library_chatter(tmp_path):
+    """In a fresh process, where PEFT (and with it bitsandbytes) is imported at the training start."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-c", A_SHORT_RUN, str(tmp_path / "run")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=500)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step    1/2  loss" in result.stdout and "step    2/2  loss" in result.stdout
+    assert "Done at step 2/2" in result.stdout  # the held-out row was evaluated too: a decode, a tokenizer warning
+    chatter = [line for line in (result.stdout + result.stderr).splitlines() if any(c in line for c in CHATTER)]
+    assert not chatter
+
+
+def test_the_advisories_are_dropped_and_everything_else_of_their_loggers_kept():
+    import logging
+
+    from finetune.quiet import LIBRARY_ADVISORIES
+
+    # finetune.train, imported above, put the filters on; the handler sees what gets past a logger's filters.
+    seen, expected = [], []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append((record.levelname, record.getMessage()))
+    for name, (start, *_) in LIBRARY_ADVISORIES.items():
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            logger.warning("%s: No module named 'kernels'", start)  # the advisory: dropped
+            logger.error("%s, and then it crashed", start)  # an error: kept, whatever it starts with
+            logger.warning("Something else went wrong")  # another warning: kept
+        finally:
+            logger.removeHandler(handler)
+        expected += [("ERROR", f"{start}, and then it crashed"), ("WARNING", "Something else went wrong")]
+    assert seen == expected

@@ -54,6 +54,11 @@ def test_a_visitors_raw_values_are_read_or_refused_naming_the_field():
                           (float("inf"), "finite"), (101, "between 1 and 100"), (2.5, "whole number")]:
         with pytest.raises(ValueError, match=f"^Max steps.*{reason}"):
             number_from(value, "Max steps", steps)
+    # An optional number (the hold-out) left empty is its automatic choice; out of range is still refused.
+    holdout = Range(0, 10, optional=True)
+    assert number_from(None, "Hold out rows", holdout) is None and number_from("", "Hold out rows", holdout) is None
+    with pytest.raises(ValueError, match="^Hold out rows.*between 0 and 10"):
+        number_from(11, "Hold out rows", holdout)
     assert text_from(None, "Name", 5) == "" and text_from("abc", "Name", 5) == "abc"
     for value, reason in [("abcdef", "6 characters long; the limit here is 5"), (["a"], "must be text"),
                           ("a\ud800", "half of a UTF-16 surrogate pair")]:

@@ -75,7 +75,7 @@ def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
 def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(workspace):
     from finetune.adapters import attach_fresh_adapter
     from finetune.config import LoraSettings
-    from inference.chat import STOPPED
+    from inference.chat import NOT_STARTED, STOPPED
 
     attach_fresh_adapter(workspace.loaded, LoraSettings(r=4, gradient_checkpointing=False))
     settings = GenerationSettings(max_new_tokens=300, temperature=0.0)
@@ -87,7 +87,9 @@ def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(works
         if len(updates) == 6:
             workspace.stop_chat("me")
     final = updates[-1]
-    assert final["base"][-1]["content"] == STOPPED and final["tuned"] == []
+    # the pane whose turn never came says so, rather than staying blank
+    assert final["base"][-1]["content"] == STOPPED
+    assert final["tuned"] == [{"role": "assistant", "content": NOT_STARTED}]
     assert len(updates) < 15  # it ended within a few tokens of the Stop
 
 
