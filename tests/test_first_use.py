@@ -4,6 +4,7 @@ the newest export."""
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -52,9 +53,14 @@ def test_start_says_how_many_rows_are_held_out_and_left_to_train(served):
     client = Client(served[0], verbose=False)
     client.predict("embedded", False, 256, "auto", api_name="/load_model")
     pick_dataset(client)  # the bundled sample: 160 rows
-    one_step = (*TRAIN_SETTINGS[:3], 1, *TRAIN_SETTINGS[4:])
-    status, _ = client.predict(*one_step, "", None, False, False, api_name="/start_training")  # hold-out: automatic
+    status, _ = client.predict(*TRAIN_SETTINGS, "", None, False, False, api_name="/start_training")  # automatic
     assert status == ("Starting… 16 rows held out for evaluation (automatic: 10% of the rows, 2 to 50), "
                       "144 left to train.")
-    assert served[1].job.wait(timeout=600)
-    assert served[1].job.status == "done"
+    job = served[1].job
+    job.stop()  # what it said is what the run holds: 16 rows kept out, 144 to train on
+    assert job.wait(timeout=600)
+    run = Path(job.output_dir)
+    assert len((run / "heldout.jsonl").read_text().splitlines()) == 16
+    # the rest trained, less those whose prompt alone fills max length 160 (the preview counts them)
+    assert len((run / "dataset.jsonl").read_text().splitlines()) == 160
+    assert 0 < len((run / "train_rows.jsonl").read_text().splitlines()) <= 144
