@@ -496,8 +496,9 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
             series = pd.DataFrame(optimizer_rows(metrics)) if metrics else None
             lr_frame = series[series.series == "learning rate"] if series is not None else None
             grad_frame = series[series.series == "grad norm"] if series is not None else None
-            # The step axis spans the whole run: whole-number ticks from the first step, and the curve fills it.
-            steps = [0, max(job.total_steps, 10)] if job else None
+            # At least ten steps on the axis: fewer and the plot ticks at half steps. Beyond that the axis follows the
+            # run, so a long run's first steps are not squeezed into its left edge.
+            steps = [0, max(metrics[-1].get("step", 0), 10)] if metrics else None
             losses, lr_frame, grad_frame = (gr.LinePlot(frame, x_lim=steps) if frame is not None else None
                                             for frame in (losses, lr_frame, grad_frame))
             return (
@@ -506,7 +507,7 @@ def build_app(workspace: Workspace, device: str, settings: AppSettings | None = 
                 losses,
                 lr_frame,
                 grad_frame,
-                log_lines(job, last=LOG_LINES),
+                workspace.shown(log_lines(job, last=LOG_LINES)),  # its last line may name the run's folder
                 _eval_frame((job.result or {}).get("eval") if job else None),
                 heldout_caption((job.result or {}).get("eval") if job else None, bool(workspace.real_rows)),
                 gr.Timer(active=workspace.training),

@@ -152,6 +152,7 @@ def test_load_upload_train_stop_and_chat_base_vs_fine_tuned(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#resume-run input')?.value.includes('stopped at step')")
     # The log box shows its newest line: the box holds as many lines as the log keeps.
     log = page.locator("#train-log textarea")
+    assert "adapter saved to run-" in log.input_value()  # the run's folder by its name, not the server's path
     assert log.evaluate("box => box.scrollHeight <= box.clientHeight + 2 || "
                         "box.scrollTop + box.clientHeight >= box.scrollHeight - 2")
     shoot(page, "4-train-stopped")
