@@ -56,6 +56,7 @@ from finetune.data import (  # noqa: E402
     DatasetError,
 )
 from finetune.eval_view import (  # noqa: E402
+    TITLES,
     heldout_caption,
     metrics_headers,
     metrics_rows,
@@ -109,7 +110,7 @@ PROMPT_TEMPLATES = [("Same as training", "auto"), *TEMPLATES]  # chat and evalua
 CHAT_MODES = {"Base vs fine-tuned": ("base", "tuned"), "Fine-tuned only": ("tuned",), "Base only": ("base",)}
 NONE = "(none)"
 LOG_LINES = 12
-QUESTION_HEADERS = ["#", "Question", "Gold", "Base", "Fine-tuned"]  # before a run; a report brings its own
+QUESTION_HEADERS = ["#", "Question", "Gold", *TITLES.values()]  # before a run; a report brings its own
 CSS = """
 .progress-track {height: 14px; background: var(--block-background-fill); border: 1px solid var(--border-color-primary);
   border-radius: 7px; overflow: hidden}
