@@ -46,7 +46,8 @@ RUN python3.12 -m venv /opt/venv
 # It also converts the embedded model once into ~/.cache/cot-finetune, so the app starts on it at once.
 COPY --chown=user:user requirements.txt requirements-gpu.txt requirements-dev.txt constraints-cpu.txt ./
 COPY --chown=user:user scripts/setup.sh scripts/
-COPY --chown=user:user finetune/__init__.py finetune/embedded.py finetune/
+COPY --chown=user:user finetune/__init__.py finetune/
+COPY --chown=user:user finetune/models/__init__.py finetune/models/embedded.py finetune/models/
 RUN SETUP_GPU=1 PIP_NO_CACHE_DIR=1 PIP_CONSTRAINT=/home/user/app/constraints-cpu.txt bash scripts/setup.sh
 
 COPY --chown=user:user . .

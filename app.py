@@ -17,7 +17,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from finetune.backend import default_device, import_unsloth_first
+from finetune.models.backend import default_device, import_unsloth_first
 from finetune.quiet import drop_library_advisories
 
 import_unsloth_first()  # before transformers is imported (a no-op without CUDA)
@@ -26,8 +26,6 @@ drop_library_advisories()  # before PEFT's first import: a chat or export puts a
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from finetune import app_settings  # noqa: E402
-from finetune.app_settings import AppSettings, SettingsError, settings_from_env  # noqa: E402
 from finetune.bounds import Range, range_of  # noqa: E402
 from finetune.config import (  # noqa: E402
     DEFAULT_EXPORT_FORMAT,
@@ -40,14 +38,8 @@ from finetune.config import (  # noqa: E402
     TrainSettings,
     lora_for_device,
 )
-from finetune.dashboard import (  # noqa: E402
-    log_lines,
-    loss_rows,
-    optimizer_rows,
-    progress_fraction,
-    progress_line,
-)
-from finetune.data import (  # noqa: E402
+from finetune.data.prompts import suggested_template  # noqa: E402
+from finetune.data.sources import (  # noqa: E402
     HOLDOUT_CAP,
     HOLDOUT_FLOOR,
     HOLDOUT_SHARE,
@@ -55,7 +47,22 @@ from finetune.data import (  # noqa: E402
     SAMPLE_FILE,
     DatasetError,
 )
-from finetune.eval_view import (  # noqa: E402
+from finetune.evaluate.heldout import EvalSettings  # noqa: E402
+from finetune.export.save import ExportError  # noqa: E402
+from finetune.generate.chat import conversation, status_line  # noqa: E402
+from finetune.generate.reply import GenerationSettings, ModelBusy  # noqa: E402
+from finetune.hub import PushError  # noqa: E402
+from finetune.models.load import PRESETS, ModelLoadError  # noqa: E402
+from finetune.train.job import TrainingBusy  # noqa: E402
+from ui import operator_settings as app_settings  # noqa: E402
+from ui.dashboard import (  # noqa: E402
+    log_lines,
+    loss_rows,
+    optimizer_rows,
+    progress_fraction,
+    progress_line,
+)
+from ui.eval_view import (  # noqa: E402
     TITLES,
     heldout_caption,
     metrics_headers,
@@ -65,16 +72,6 @@ from finetune.eval_view import (  # noqa: E402
     question_headers,
     question_rows,
 )
-from finetune.evaluate import EvalSettings  # noqa: E402
-from finetune.export import ExportError  # noqa: E402
-from finetune.formats import suggested_template  # noqa: E402
-from finetune.hub import PushError  # noqa: E402
-from finetune.job import TrainingBusy  # noqa: E402
-from finetune.models import PRESETS, ModelLoadError  # noqa: E402
-from finetune.preview import preview_dataset, read_dataset  # noqa: E402
-from finetune.workspace import Workspace, WorkspaceError  # noqa: E402
-from inference.chat import conversation, status_line  # noqa: E402
-from inference.generate import GenerationSettings, ModelBusy  # noqa: E402
 from ui.fields import (  # noqa: E402
     chat_pane,
     checkbox_field,
@@ -84,6 +81,9 @@ from ui.fields import (  # noqa: E402
     slider_field,
     text_field,
 )
+from ui.operator_settings import AppSettings, SettingsError, settings_from_env  # noqa: E402
+from ui.preview import preview_dataset, read_dataset  # noqa: E402
+from ui.workspace import Workspace, WorkspaceError  # noqa: E402
 
 TITLE = "Chain-of-thought fine-tuning"
 DISCLAIMER = (

@@ -69,7 +69,7 @@ def main() -> None:
 
 
 def chosen_variants(args) -> list[str]:
-    from finetune.backend import default_device
+    from finetune.models.backend import default_device
 
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -81,7 +81,7 @@ def chosen_variants(args) -> list[str]:
 
 
 def measure_one(args) -> dict:
-    from finetune.backend import import_unsloth_first
+    from finetune.models.backend import import_unsloth_first
 
     import_unsloth_first()
     from bench.measure import device, run_chat, run_curve, run_train

@@ -38,12 +38,12 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
               generate_rows: int = GENERATE_ROWS, max_steps: int | None = None, max_new_tokens: int | None = None,
               out_dir: Path | None = None) -> dict:
     """Train the recipe and measure base vs fine-tuned on `eval_file`; the result as one dict."""
-    from finetune.data import map_columns, read_source
-    from finetune.evaluate import EvalSettings, generate_answers, held_out_loss, load_eval_items, summarize
-    from finetune.formats import tokenize_rows
-    from finetune.models import load_model
-    from finetune.recipe import load_recipe
-    from finetune.train import start_training
+    from finetune.data.prompts import tokenize_rows
+    from finetune.data.sources import map_columns, read_source
+    from finetune.evaluate.heldout import EvalSettings, generate_answers, held_out_loss, load_eval_items, summarize
+    from finetune.models.load import load_model
+    from finetune.train.recipe import load_recipe
+    from finetune.train.trainer import start_training
 
     if not eval_file.is_file():
         raise SystemExit(f"{eval_file}: no real medical-o1 rows to evaluate on (they come with ../shared/data)")

@@ -16,10 +16,10 @@ import time
 import torch
 
 from bench.workload import medical_o1_file, model_folder, synthetic_dataset
-from finetune.backend import default_device as device
 from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for_device
-from finetune.models import LoadedModel, load_model
-from finetune.train import start_training
+from finetune.models.backend import default_device as device
+from finetune.models.load import LoadedModel, load_model
+from finetune.train.trainer import start_training
 
 
 def seeds_recipe(max_length: int) -> TrainSettings:
@@ -112,7 +112,7 @@ def run_curve(variant: str, model: str, steps: int, seed: int, max_length: int) 
     of one variant with different seeds show how much the curve moves by chance alone.
     """
     from finetune.config import DataSettings
-    from finetune.formats import prepare_dataset
+    from finetune.data.prompts import prepare_dataset
 
     loaded = load(variant, model, max_length)
     _, train, lora = variant_recipe(variant, max_length)
@@ -186,9 +186,9 @@ class _TimingStreamer:
 def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64) -> dict:
     """Batch-1 greedy chat with a LoRA adapter on: time to first token and decode speed.
 
-    `ours` is the engine's chat path: the fast decoder (`inference.fast_decode`) where it applies.
+    `ours` is the engine's chat path: the fast decoder (`finetune.generate.fast_decode`) where it applies.
     """
-    from finetune.adapters import attach_fresh_adapter
+    from finetune.models.adapters import attach_fresh_adapter
 
     loaded = load(variant, model, 2048)
     attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
@@ -239,7 +239,7 @@ def _generate_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int)
 
 def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> tuple[list[float], dict]:
     """The fast decoder: built (weights merged, graph captured) once, then timed on a second reply."""
-    from inference.fast_decode import Sampling, decoder_for
+    from finetune.generate.fast_decode import Sampling, decoder_for
 
     started = time.perf_counter()
     decoder = decoder_for(loaded, True, prompt.shape[1] + new_tokens)
@@ -262,7 +262,7 @@ def _logits_errors(loaded: LoadedModel, decoder, prompt: torch.Tensor, steps: in
     The reference is the same merged weights run in float32 by the same code, which the CPU tests
     check against transformers token for token.
     """
-    from inference.fast_decode import FastDecoder
+    from finetune.generate.fast_decode import FastDecoder
 
     tokens = torch.cat([prompt[0], prompt[0, :steps]])
     reference = FastDecoder(loaded.model, decoder.capacity, dtype=torch.float32)

@@ -14,8 +14,8 @@ import os
 import random
 from pathlib import Path
 
-from finetune.backend import default_device
-from finetune.formats import IGNORE_INDEX, LengthStats, PreparedDataset, TokenizedRow
+from finetune.data.prompts import IGNORE_INDEX, LengthStats, PreparedDataset, TokenizedRow
+from finetune.models.backend import default_device
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARS_PER_TOKEN = 4

@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from finetune.backend import import_unsloth_first
+from finetune.models.backend import import_unsloth_first
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -37,7 +37,7 @@ def _key_values(text: str) -> dict[str, str]:
 
 
 HOLDOUT_AUTO = "auto"
-"""--holdout auto: sized to the data (finetune.data.holdout_plan); what a run does unless told otherwise."""
+"""--holdout auto: sized to the data (finetune.data.sources.holdout_plan); what a run does unless told otherwise."""
 
 
 def _holdout(text: str) -> int | str:
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         TrainSettings,
         lora_for_device,
     )
-    from finetune.data import HOLDOUT_CAP, HOLDOUT_FLOOR, HOLDOUT_SHARE, MIN_TRAIN_ROWS
-    from finetune.export import FORMATS as EXPORT_FORMATS  # imports torch and gguf, not transformers
+    from finetune.data.sources import HOLDOUT_CAP, HOLDOUT_FLOOR, HOLDOUT_SHARE, MIN_TRAIN_ROWS
+    from finetune.export.save import FORMATS as EXPORT_FORMATS  # imports torch and gguf, not transformers
 
     parser = _OneLineParser(prog="python -m finetune", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,8 +267,8 @@ FLAG_SETTINGS = {
 
 def _settings(args):
     """The recipe (a --config file, else the device's defaults) with the flags given on top."""
-    from finetune.backend import default_device
-    from finetune.recipe import default_recipe, load_recipe, with_changes
+    from finetune.models.backend import default_device
+    from finetune.train.recipe import default_recipe, load_recipe, with_changes
 
     device = default_device()
     recipe = load_recipe(args.config, device) if args.config else default_recipe(device)
@@ -293,7 +293,7 @@ def _settings(args):
 
 
 def _print(obj: dict) -> None:
-    from finetune.backend import is_main_process
+    from finetune.models.backend import is_main_process
 
     if is_main_process():  # under accelerate launch, one process per GPU: the first speaks for all
         print(json.dumps(obj), flush=True)
@@ -315,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_push(args)
     if args.command == "train" and args.resume:
         return run_resume(args)
-    from finetune.data import DatasetError, load_examples
-    from finetune.formats import tokenize_rows
-    from finetune.models import ModelLoadError, load_model
+    from finetune.data.prompts import tokenize_rows
+    from finetune.data.sources import DatasetError, load_examples
+    from finetune.models.load import ModelLoadError, load_model
 
     try:
         recipe = _settings(args)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {prepared.holdout.warning}", file=sys.stderr)
     if args.command == "preview":
         return run_preview(loaded, prepared, args.rows)
-    from finetune.train import fp8_applies, start_training
+    from finetune.train.trainer import fp8_applies, start_training
 
     # What was loaded and what will be trained, for the person at the terminal (stdout stays JSON).
     print(f"model: {loaded.info.summary()}", file=sys.stderr)
@@ -355,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _follow(start) -> int:
     """Start a run, print each step's metrics as a JSON line, then the result; Ctrl-C stops it cleanly."""
-    from finetune.job import TrainingBusy
     from finetune.runs import RunFolderError
+    from finetune.train.job import TrainingBusy
 
     try:
         job = start()
@@ -382,7 +382,7 @@ def _follow(start) -> int:
 def run_preview(loaded, prepared, rows: int) -> int:
     from dataclasses import asdict
 
-    from finetune.formats import preview_row
+    from finetune.data.prompts import preview_row
 
     _print({"model": loaded.info.summary(), "columns": prepared.columns, "template": prepared.template,
             "stats": asdict(prepared.stats), "holdout": asdict(prepared.holdout) if prepared.holdout else None})
@@ -397,9 +397,9 @@ def run_resume(args) -> int:
     from pathlib import Path
 
     from finetune.config import ModelSettings
-    from finetune.models import ModelLoadError, load_model
+    from finetune.models.load import ModelLoadError, load_model
     from finetune.runs import RunFolderError, last_checkpoint, mark_abandoned_runs, read_record
-    from finetune.train import resume_training
+    from finetune.train.trainer import resume_training
 
     run_dir = Path(args.resume)
     try:
@@ -446,12 +446,12 @@ def run_eval(args) -> int:
     """`python -m finetune eval`: print the progress to stderr and, last, one JSON object on stdout."""
     from pathlib import Path
 
-    from finetune.adapters import load_adapter, read_run_template
-    from finetune.backend import default_device
     from finetune.config import ModelSettings
-    from finetune.data import MCQ_FILE, REAL_ROWS, SAMPLE_FILE, DatasetError
-    from finetune.evaluate import EvalSettings, evaluate, load_eval_items
-    from finetune.models import ModelLoadError, load_model
+    from finetune.data.sources import MCQ_FILE, REAL_ROWS, SAMPLE_FILE, DatasetError
+    from finetune.evaluate.heldout import EvalSettings, evaluate, load_eval_items
+    from finetune.models.adapters import load_adapter, read_run_template
+    from finetune.models.backend import default_device
+    from finetune.models.load import ModelLoadError, load_model
 
     source = args.dataset or _default_eval_source(args.adapter)
     source = {"sample-mcq": str(MCQ_FILE), "sample": str(SAMPLE_FILE), "real": str(REAL_ROWS)}.get(source, source)
@@ -480,10 +480,10 @@ def run_eval(args) -> int:
 
 def run_export(args) -> int:
     """`python -m finetune export`: one JSON line with the folder written."""
-    from finetune.adapters import load_adapter
     from finetune.config import ModelSettings
-    from finetune.export import ExportError, export_model
-    from finetune.models import ModelLoadError, load_model
+    from finetune.export.save import ExportError, export_model
+    from finetune.models.adapters import load_adapter
+    from finetune.models.load import ModelLoadError, load_model
 
     try:
         loaded = load_model(ModelSettings(args.model, args.load_in_4bit))
@@ -498,7 +498,7 @@ def run_export(args) -> int:
 
 def _default_eval_source(adapter: str | None) -> str:
     """The run's own held-out rows when the adapter's run kept some, else the bundled multiple-choice file."""
-    from finetune.adapters import run_folder
+    from finetune.models.adapters import run_folder
 
     folder = run_folder(adapter) if adapter else None
     return str(folder / "heldout.jsonl") if folder and (folder / "heldout.jsonl").is_file() else "sample-mcq"

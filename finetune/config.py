@@ -6,14 +6,28 @@ recipe that finishes in a few minutes on two cores with the embedded model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args, get_type_hints
 
 from finetune.bounds import SEED_MAX, check_ranges, ranged
 
-SCHEDULERS = ("linear", "cosine", "constant")
+# The closed choices, each written once: the dataclasses check them (`check_choices`), and the app's
+# widgets and the command line's flags read their values and labels from here.
+Backend = Literal["auto", "unsloth", "hf"]
+"""'auto': Unsloth when it imports on CUDA, else transformers + PEFT; 'unsloth' or 'hf' to insist."""
+BACKEND_LABELS = {"auto": "auto: Unsloth on a CUDA GPU when installed, else transformers + PEFT",
+                  "unsloth": "unsloth", "hf": "hf: transformers + PEFT"}
+Scheduler = Literal["linear", "cosine", "constant"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+"""'auto': bf16 where the GPU supports it, else fp16; fp32 on CPU."""
+Sampling = Literal["random", "group_by_length"]
+"""How rows are batched: 'random' (the seeds' order) or 'group_by_length' (similar lengths, less padding)."""
+SAMPLING_LABELS = {"group_by_length": "similar lengths", "random": "random order"}
 OPTIMIZERS = ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor")
 """The optimisers the app offers (the CLI and recipes take any of transformers' optimizer names)."""
+LORA_RANKS = (4, 8, 16, 32, 64, 128)
+"""The ranks the app offers (the CLI and recipes take any rank in LoraSettings.r's range)."""
 MAX_LENGTH_RANGE = (16, 131_072)
 """Tokens per row, for the model and a run: the longest context of the models offered (128k)."""
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,14 +48,21 @@ class ModelSettings:
     load_in_4bit: bool | None = None
     """None: 4-bit NF4 on CUDA, full precision on CPU. Pre-quantized repos are always 4-bit."""
     max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
-    """Longest sequence the model is prepared for (Unsloth sizes its RoPE cache by it)."""
-    backend: str = "auto"
+    """Tokens per row: the longest sequence the model is prepared for (Unsloth sizes its RoPE cache by it),
+    and what a run's rows are truncated to (and counted in the preview). One field for both, so a run's
+    recipe cannot hold two lengths that disagree."""
+    backend: Backend = "auto"
     """'auto' (Unsloth when it imports on CUDA, else transformers), 'unsloth' or 'hf'."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("auto", "unsloth", "hf"):
-            raise ValueError(f"backend must be 'auto', 'unsloth' or 'hf', not {self.backend!r}")
+        check_choices(self)
         check_ranges(self)
+
+    @classmethod
+    def for_device(cls, device: str, **overrides) -> ModelSettings:
+        """On CPU rows up to 1,024 tokens: the bundled rows are medical-o1's length, up to ~950 tokens, so
+        none is cut, and the demo stays short; on CUDA the seeds' 2,048."""
+        return cls(**{"max_length": 2048 if device == "cuda" else 1024, **overrides})
 
 
 @dataclass
@@ -78,15 +99,13 @@ class TrainSettings:
     epochs: float = ranged(1.0, 0.01, 1000, whole=False)
     learning_rate: float = ranged(2e-4, 1e-8, 1.0, whole=False)
     """Above 1 every optimiser offered diverges; a run whose loss still turns non-finite fails, saying so."""
-    lr_scheduler: str = "linear"
+    lr_scheduler: Scheduler = "linear"
     optimizer: str = "adamw_8bit"
     weight_decay: float = ranged(0.01, 0.0, 1.0, whole=False)
-    max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
-    """Rows longer than this are truncated (and counted in the preview)."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """'auto' (bf16 where the GPU supports it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'."""
     seed: int = ranged(3407, 0, SEED_MAX)
-    sampling: str = "random"
+    sampling: Sampling = "random"
     """'random', or 'group_by_length': batches of similar lengths, so less compute goes to padding."""
     eval_generate: bool = True
     """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
@@ -99,12 +118,7 @@ class TrainSettings:
     16-bit (see fp8_matmul.py)."""
 
     def __post_init__(self) -> None:
-        if self.sampling not in ("random", "group_by_length"):
-            raise ValueError(f"sampling must be random or group_by_length, not {self.sampling!r}")
-        if self.lr_scheduler not in SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {self.precision!r}")
+        check_choices(self)
         check_ranges(self)
 
     @classmethod
@@ -119,7 +133,6 @@ class TrainSettings:
             max_steps=60,  # 120 of the bundled sample's rows, about 8 minutes on 2 cores (bench/learn.py)
             learning_rate=2e-3,  # a 135M model and a few dozen steps: a high rate shows learning
             optimizer="adamw_torch",
-            max_length=1024,  # the bundled rows are medical-o1's length, up to ~950 tokens: none is cut
             sampling="group_by_length",
             eval_max_new_tokens=EVAL_MAX_NEW_TOKENS["cpu"],
         )
@@ -143,7 +156,7 @@ def lora_for_device(device: str) -> LoraSettings:
 
 
 Template = Literal["chat", "plain", "plain-neutral"]
-"""How an example becomes training text (finetune/formats.py writes each):
+"""How an example becomes training text (finetune/data/prompts.py writes each):
 - 'chat': the model's own chat template, the reasoning in a <think> block;
 - 'plain': the seeds' ### template in their medical voice ("You are a medical expert…", "### Clinical
   Assessment:"), unchanged, so existing runs and recipes read the same;
@@ -158,10 +171,19 @@ TEMPLATE_LABELS = {
 """What a person picks from, by template: the app's radios read these rather than write their own.
 (tests/test_templates_and_holdout.py checks that each ### label names its template's headers.)"""
 
-DEFAULT_EXPORT_FORMAT = "adapter"
+ExportFormat = Literal["adapter", "merged_16bit", "gguf_q8_0", "gguf_q4_k_m", "gguf_f16"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+EXPORT_FORMAT_LABELS = {
+    "adapter": "LoRA adapter (small; needs the base model)",
+    "merged_16bit": "Merged 16-bit model (plain transformers)",
+    "gguf_q8_0": "GGUF q8_0 (llama.cpp, Ollama)",
+    "gguf_q4_k_m": "GGUF q4_k_m (smallest)",
+    "gguf_f16": "GGUF f16",
+}
+DEFAULT_EXPORT_FORMAT: ExportFormat = "adapter"
 """What the Export tab and `python -m finetune export` write unless told otherwise: the LoRA adapter, a few
 MB that load on their base model with PEFT, rather than a merged model of the base's full size (269 MB for
-the embedded model, 16 GB for an 8B). The formats themselves: finetune.export.FORMATS."""
+the embedded model, 16 GB for an 8B). What each writes: finetune.export.save.CONTENTS."""
 
 
 @dataclass
@@ -181,11 +203,25 @@ class DataSettings:
     max_rows: int | None = ranged(None, 1, 10_000_000, optional=True)
     holdout_rows: int | None = ranged(0, 0, 10_000, optional=True)
     """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on. None:
-    sized to the data (`finetune.data.holdout_plan`: a share of the rows between a floor and a cap, none from
+    sized to the data (`finetune.data.sources.holdout_plan`: a share of the rows between a floor and a cap, none from
     a dataset too small to spare them), what the Train tab and the CLI start from (`default_recipe`). The
     class's own 0 keeps a run built in code as it was: all rows trained, no evaluation at the end."""
 
     def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise ValueError(f"template must be one of {', '.join(TEMPLATES)}, not {self.template!r}")
+        check_choices(self)
         check_ranges(self)
+
+
+def choices_of(settings_class: type, name: str) -> tuple[str, ...]:
+    """The values a Literal-typed field of a settings dataclass takes, for a widget or a flag."""
+    return get_args(get_type_hints(settings_class)[name])
+
+
+def check_choices(settings) -> None:
+    """Refuse a value outside its field's Literal, naming the field and the choices."""
+    hints = get_type_hints(type(settings))
+    for spec in fields(settings):
+        allowed = get_args(hints[spec.name]) if getattr(hints[spec.name], "__origin__", None) is Literal else ()
+        value = getattr(settings, spec.name)
+        if allowed and value not in allowed:
+            raise ValueError(f"{spec.name} must be one of {', '.join(map(str, allowed))}, not {value!r}")

@@ -1,6 +1,6 @@
 """Keep library chatter (progress bars, advisory warnings) out of what a person reads.
 
-`drop_library_advisories()` (the app and the CLI, through `finetune.train`) drops, by logger and by
+`drop_library_advisories()` (the app and the CLI, through `finetune.train.trainer`) drops, by logger and by
 message, the few advisories a run sets off that say nothing a user can act on; every other record of
 those loggers, and every error, still gets through. `quiet_libraries()` (the CLI) quiets more: its
 stdout is JSON.

@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from finetune.backend import import_unsloth_first
 from finetune.config import TEMPLATES
+from finetune.models.backend import import_unsloth_first
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.quiet import quiet_libraries
 
     quiet_libraries()
-    from finetune.adapters import load_adapter, read_run_template
-    from finetune.backend import default_device
     from finetune.config import ModelSettings
-    from finetune.models import ModelLoadError, load_model
-    from inference.generate import ContextTooLong, GenerationSettings, stream_reply
+    from finetune.generate.reply import ContextTooLong, GenerationSettings, stream_reply
+    from finetune.models.adapters import load_adapter, read_run_template
+    from finetune.models.backend import default_device
+    from finetune.models.load import ModelLoadError, load_model
 
     given = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p}
     try:

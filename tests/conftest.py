@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from finetune.backend import import_unsloth_first  # noqa: E402
+from finetune.models.backend import import_unsloth_first  # noqa: E402
 
 import_unsloth_first()  # before anything imports transformers (a no-op without CUDA)
 
@@ -32,7 +32,7 @@ def needs_shared(*paths: Path) -> pytest.MarkDecorator:
 @pytest.fixture
 def loaded():
     """A freshly loaded embedded model (about a second from the converted cache)."""
-    from finetune.models import load_model
+    from finetune.models.load import load_model
 
     return load_model(ModelSettings())
 
@@ -41,7 +41,7 @@ def loaded():
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from finetune.embedded import embedded_model_dir
+    from finetune.models.embedded import embedded_model_dir
 
     return AutoTokenizer.from_pretrained(embedded_model_dir())
 
@@ -67,7 +67,7 @@ def quick_lora() -> LoraSettings:
 
 def trained_looking_adapter(loaded, std: float = 0.02) -> None:
     """A fresh adapter changes nothing (B is zero); random B makes the adapter count, as training does."""
-    from finetune.adapters import attach_fresh_adapter
+    from finetune.models.adapters import attach_fresh_adapter
 
     attach_fresh_adapter(loaded, quick_lora())
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def app_server(tmp_path_factory):
 def serve_app(tmp_path_factory):
     """Build and launch the app on a fresh workspace; yields (url, workspace), then closes it."""
     import app
-    from finetune.workspace import Workspace
+    from ui.workspace import Workspace
 
     workspace = Workspace(tmp_path_factory.mktemp("app") / "runs")
     demo = app.build_app(workspace, "cpu")

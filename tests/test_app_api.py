@@ -8,8 +8,8 @@ import pytest
 from conftest import message_text as text
 from gradio_client import Client, handle_file
 
-from finetune.data import SAMPLE_FILE
-from inference.chat import NO_ADAPTER, STOPPED
+from finetune.data.sources import SAMPLE_FILE
+from finetune.generate.chat import NO_ADAPTER, STOPPED
 
 QUESTION = "A 67-year-old on warfarin has an INR of 9 and no bleeding. How should this be managed?"
 # preview_dataset inputs after the column pickers: template, system prompt, max length, preview row, hold-out

@@ -9,8 +9,8 @@ from gradio_client import Client
 from hub_standin import HubStandin
 
 import app
-from finetune.export import FORMATS
-from finetune.workspace import WorkspaceError
+from finetune.export.save import FORMATS
+from ui.workspace import WorkspaceError
 
 TOKEN = "hf_visitorWriteToken123456"
 TRAIN = ("chat", "", 128, 2, 2e-3, 2, 1, 4, 8, 0.0, 0, "constant", "adamw_torch", "random", False, 1)

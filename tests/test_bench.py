@@ -10,7 +10,7 @@ import sys
 from conftest import ROOT, SHARED_SAMPLE, needs_shared
 
 from finetune.config import TrainSettings
-from finetune.formats import IGNORE_INDEX
+from finetune.data.prompts import IGNORE_INDEX
 
 pytestmark = needs_shared(SHARED_SAMPLE)
 
@@ -92,7 +92,7 @@ def test_learn_goal_is_judged_figure_by_figure():
 
 def test_learn_refuses_an_evaluation_row_that_was_trained_on():
     from bench.learn import shared_questions
-    from finetune.data import EvalItem, Example
+    from finetune.data.sources import EvalItem, Example
 
     trained = [Example("A 30-year-old has  fever. Why?", "r", "a")]
     items = [EvalItem("a 30-year-old has fever. why?"), EvalItem("Another question?")]

@@ -12,7 +12,7 @@ import pytest
 from conftest import CHROMIUM, ROOT
 
 from finetune.config import TEMPLATE_LABELS
-from finetune.data import MCQ_FILE, SAMPLE_FILE
+from finetune.data.sources import MCQ_FILE, SAMPLE_FILE
 
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -226,17 +226,17 @@ def test_a_page_opened_during_a_load_shows_the_model_when_it_is_ready(browser, a
     import threading
     import time
 
-    import finetune.workspace
+    import ui.workspace
     from finetune.config import ModelSettings
 
     url, workspace = app_server
-    real_load = finetune.workspace.load_model
+    real_load = ui.workspace.load_model
 
     def slow_load(settings, **options):
         time.sleep(4)
         return real_load(settings, **options)
 
-    monkeypatch.setattr(finetune.workspace, "load_model", slow_load)
+    monkeypatch.setattr(ui.workspace, "load_model", slow_load)
     loading = threading.Thread(target=workspace.load, args=(ModelSettings(),))
     loading.start()
     context = browser.new_context(viewport={"width": 1400, "height": 1000})

@@ -6,8 +6,8 @@ import threading
 
 from conftest import R1_TEMPLATE
 
-from finetune.formats import build_prompt
-from inference.chat import (
+from finetune.data.prompts import build_prompt
+from finetune.generate.chat import (
     MODEL_NOTES,
     NO_ADAPTER,
     NOT_STARTED,
@@ -20,7 +20,7 @@ from inference.chat import (
     status_line,
     stream_chat,
 )
-from inference.generate import GenerationSettings, Reply
+from finetune.generate.reply import GenerationSettings, Reply
 
 GREEDY = GenerationSettings(max_new_tokens=10, temperature=0.0)
 
@@ -93,8 +93,8 @@ def test_without_an_adapter_the_tuned_pane_says_so_and_base_still_answers(loaded
 
 
 def test_both_panes_show_reasoning_apart_from_the_answer_for_an_r1_prompt(loaded):
-    from finetune.adapters import attach_fresh_adapter
     from finetune.config import LoraSettings
+    from finetune.models.adapters import attach_fresh_adapter
 
     loaded.tokenizer = copy.deepcopy(loaded.tokenizer)
     loaded.tokenizer.chat_template = R1_TEMPLATE  # the prompt ends inside <think>, like R1-distill models
@@ -111,8 +111,8 @@ def test_both_panes_show_reasoning_apart_from_the_answer_for_an_r1_prompt(loaded
 def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_and_end(monkeypatch):
     """4,000 tokens in a few milliseconds: a handful of updates, not 4,000; the bubble's close and the end
     always go out."""
-    import inference.chat
-    from finetune.models import LoadedModel
+    import finetune.generate.chat
+    from finetune.models.load import LoadedModel
 
     def fast_stream(loaded, question, settings, use_adapter, stop, history):
         for n in range(1, 4001):
@@ -120,7 +120,7 @@ def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_an
         yield Reply(" ".join(["word"] * 4000), "A", True, False, 4001, 0.41, 0.4, 4000)
         yield Reply(" ".join(["word"] * 4000), "An answer.", True, True, 4003, 0.42, 0.4, 4000)
 
-    monkeypatch.setattr(inference.chat, "stream_reply", fast_stream)
+    monkeypatch.setattr(finetune.generate.chat, "stream_reply", fast_stream)
     loaded = LoadedModel.__new__(LoadedModel)  # no model is read: only its adapter flag
     monkeypatch.setattr(LoadedModel, "has_adapter", property(lambda self: False))
     updates = list(stream_chat(loaded, "Why?", GREEDY, panes=("base",)))
@@ -136,8 +136,8 @@ def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_an
 
 def test_the_later_pane_says_it_is_queued_from_the_first_update_and_a_stop_leaves_it_not_started(monkeypatch):
     """The status line says where each pane is all along (the prompt being read included), then the speeds."""
-    import inference.chat
-    from finetune.models import LoadedModel
+    import finetune.generate.chat
+    from finetune.models.load import LoadedModel
 
     stop = threading.Event()
 
@@ -147,7 +147,7 @@ def test_the_later_pane_says_it_is_queued_from_the_first_update_and_a_stop_leave
         stop.set()  # the visitor presses Stop while the base model thinks
         yield Reply("Weighing", "", False, True, 31, 2.1, stopped=True)
 
-    monkeypatch.setattr(inference.chat, "stream_reply", stopped_stream)
+    monkeypatch.setattr(finetune.generate.chat, "stream_reply", stopped_stream)
     loaded = LoadedModel.__new__(LoadedModel)
     monkeypatch.setattr(LoadedModel, "has_adapter", property(lambda self: True))
     replies, updates, lines = {}, [], []

@@ -11,11 +11,11 @@ import pytest
 from conftest import message_text, trained_looking_adapter
 from gradio_client import Client
 
-from finetune.adapters import remove_adapter
 from finetune.config import ModelSettings
-from finetune.workspace import Workspace, WorkspaceError
-from inference.chat import NOTE
-from inference.generate import GenerationSettings
+from finetune.generate.chat import NOTE
+from finetune.generate.reply import GenerationSettings
+from finetune.models.adapters import remove_adapter
+from ui.workspace import Workspace, WorkspaceError
 
 
 def saved_run(workspace: Workspace, name: str, model: str, template: str = "chat", age: float = 0) -> None:

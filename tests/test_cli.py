@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from finetune.data import SAMPLE_FILE
+from finetune.data.sources import SAMPLE_FILE
 
 SAMPLE_ROWS = len(SAMPLE_FILE.read_text().splitlines())
 
@@ -171,7 +171,7 @@ def test_every_subcommand_says_what_it_does_and_every_option_its_default():
 
 def test_export_defaults_to_the_adapter_and_offers_the_gguf_files():
     from finetune.config import DEFAULT_EXPORT_FORMAT
-    from finetune.export import FORMATS
+    from finetune.export.save import FORMATS
 
     export = subcommands()["export"]
     [fmt] = [action for action in export._actions if action.dest == "format"]

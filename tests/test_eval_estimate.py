@@ -2,7 +2,14 @@
 
 import pytest
 
-from finetune.eval_estimate import DecodeRate, duration_words, estimate_line, eval_seconds, guessed_rate, measured_rate
+from finetune.evaluate.estimate import (
+    DecodeRate,
+    duration_words,
+    estimate_line,
+    eval_seconds,
+    guessed_rate,
+    measured_rate,
+)
 
 CHAT = DecodeRate(110, "measured in chat")
 

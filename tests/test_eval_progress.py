@@ -4,12 +4,12 @@ once measured; one line for the Train and the Evaluate tabs."""
 import pytest
 from conftest import trained_looking_adapter
 
-import finetune.evaluate as evaluation
-from finetune.dashboard import progress_line
-from finetune.data import MCQ_FILE, SAMPLE_FILE, EvalItem
-from finetune.eval_view import eval_progress_line
-from finetune.evaluate import EvalProgress, EvalSettings, evaluate, load_eval_items
-from finetune.job import TrainingJob
+import finetune.evaluate.heldout as evaluation
+from finetune.data.sources import MCQ_FILE, SAMPLE_FILE, EvalItem
+from finetune.evaluate.heldout import EvalProgress, EvalSettings, evaluate, load_eval_items
+from finetune.train.job import TrainingJob
+from ui.dashboard import progress_line
+from ui.eval_view import eval_progress_line
 
 
 def phases(updates: list[EvalProgress]) -> list[tuple[str, str]]:

@@ -5,8 +5,8 @@ import json
 import pytest
 from conftest import SHARED_SAMPLE, needs_shared, trained_looking_adapter
 
-from finetune.data import MCQ_FILE, SAMPLE_FILE, DatasetError, EvalItem, holdout_indices
-from finetune.evaluate import EvalSettings, evaluate, extract_choice, item_rows, load_eval_items, summarize
+from finetune.data.sources import MCQ_FILE, SAMPLE_FILE, DatasetError, EvalItem, holdout_indices
+from finetune.evaluate.heldout import EvalSettings, evaluate, extract_choice, item_rows, load_eval_items, summarize
 
 OPTIONS = {"A": "Benign genetic carrier condition", "B": "Folate deficiency", "C": "Iron deficiency",
            "D": "Parvovirus B19 infection", "E": "Vitamin B12 deficiency"}
@@ -82,7 +82,7 @@ def test_holdout_is_fixed_and_leaves_rows_to_train():
 
 
 def test_summary_counts_format_and_accuracy():
-    from finetune.evaluate import ItemResult
+    from finetune.evaluate.heldout import ItemResult
 
     def result(ok, choice, gold="A"):
         return ItemResult(0, "q", gold, "r", "a" if ok else "", ok, choice, choice == gold, 10, 4, 1.0)

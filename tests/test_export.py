@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import trained_looking_adapter
 
-from finetune.adapters import load_adapter
 from finetune.config import ModelSettings
-from finetune.export import ExportError, atomic_folder, export_model
-from finetune.models import load_model
+from finetune.export.save import ExportError, atomic_folder, export_model
+from finetune.models.adapters import load_adapter
+from finetune.models.load import load_model
 
 
 def logits(model, tokenizer):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import trained_looking_adapter
 
-from finetune.embedded import HUB_REPO, embedded_model_dir
-from finetune.export import AtomicFolder, ExportError, base_model
-from finetune.models import ModelInfo
-from finetune.workspace import Workspace, WorkspaceError
+from finetune.export.save import AtomicFolder, ExportError, base_model
+from finetune.models.embedded import HUB_REPO, embedded_model_dir
+from finetune.models.load import ModelInfo
+from ui.workspace import Workspace, WorkspaceError
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import quick_lora, trained_looking_adapter
 
-from finetune.adapters import attach_fresh_adapter
-from inference.fast_decode import FastDecoder, Sampling, _next_token, decoder_for, unsupported_reason
-from inference.generate import GENERATE, GenerationSettings, generate_reply
+from finetune.generate.fast_decode import FastDecoder, Sampling, _next_token, decoder_for, unsupported_reason
+from finetune.generate.reply import GENERATE, GenerationSettings, generate_reply
+from finetune.models.adapters import attach_fresh_adapter
 
 QUESTION = "What is the antidote for heparin overdose?"
 

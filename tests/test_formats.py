@@ -6,8 +6,7 @@ import copy
 import pytest
 from conftest import R1_TEMPLATE
 
-from finetune.data import Example
-from finetune.formats import (
+from finetune.data.prompts import (
     IGNORE_INDEX,
     PLAIN_CLOSE,
     build_prompt,
@@ -15,6 +14,7 @@ from finetune.formats import (
     tokenize_example,
     tokenize_examples,
 )
+from finetune.data.sources import Example
 
 EXAMPLE = Example("Crushing chest pain, ST elevation in II, III, aVF. Next step?", "Inferior MI, likely RCA.", "PCI.")
 

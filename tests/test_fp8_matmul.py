@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from finetune import fp8_matmul
 from finetune.config import TrainSettings
-from finetune.fp8_matmul import FP8_MAX, fp8_worthwhile, prepare_row_scales
+from finetune.train.fp8_matmul import FP8_MAX, fp8_worthwhile, prepare_row_scales
+from finetune.train import fp8_matmul
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,14 +81,14 @@ def test_fp8_is_the_fast_recipes_default_and_only_where_it_pays():
 
 
 def test_a_request_for_fp8_is_a_no_op_where_it_cannot_run(loaded):
-    from finetune.train import fp8_applies
+    from finetune.train.trainer import fp8_applies
 
     assert not fp8_applies(loaded, TrainSettings(fp8_matmuls=True))  # CPU, not 4-bit, 576 wide
 
 
 def test_fp8_is_set_from_the_command_line_and_recipes():
     from finetune.__main__ import _settings, build_parser
-    from finetune.recipe import load_recipe
+    from finetune.train.recipe import load_recipe
 
     parse = build_parser().parse_args
     seeds = str(ROOT / "recipes" / "seeds-r1-llama-8b-medical-o1.yaml")

@@ -25,10 +25,10 @@ from hypothesis.control import currently_in_test_context
 
 from app import VISITOR_ERRORS
 from finetune.config import DataSettings
-from finetune.data import ColumnMap, DatasetError, eval_items, map_columns, to_examples
-from finetune.evaluate import load_eval_items
-from finetune.formats import tokenize_rows
-from finetune.preview import preview_dataset, read_dataset, read_upload
+from finetune.data.prompts import tokenize_rows
+from finetune.data.sources import ColumnMap, DatasetError, eval_items, map_columns, to_examples
+from finetune.evaluate.heldout import load_eval_items
+from ui.preview import preview_dataset, read_dataset, read_upload
 
 MAX_LENGTH = 256  # tokens, as the app's Max length field: the preview and training text are cut here
 HOLDOUT = 2  # rows Start holds out: smaller files must be refused by name, larger ones split

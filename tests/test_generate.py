@@ -5,7 +5,7 @@ import threading
 
 from conftest import R1_TEMPLATE
 
-from inference.generate import GenerationSettings, stream_reply
+from finetune.generate.reply import GenerationSettings, stream_reply
 
 
 def test_r1_prompt_streams_into_the_thinking_until_it_closes(loaded):
@@ -57,8 +57,8 @@ def test_abandoned_stream_stops_and_frees_the_model(loaded):
 
 def test_defaults_leave_room_for_r1_reasoning_on_a_gpu_and_stay_short_on_cpu():
     from finetune.config import TrainSettings
-    from finetune.evaluate import EvalSettings
-    from inference.generate import CHAT_MAX_NEW_TOKENS
+    from finetune.evaluate.heldout import EvalSettings
+    from finetune.generate.reply import CHAT_MAX_NEW_TOKENS
 
     gpu, cpu = GenerationSettings.for_device("cuda"), GenerationSettings.for_device("cpu")
     assert gpu.max_new_tokens >= 4096 + 512  # a 4,000-token reasoning and its answer
@@ -74,7 +74,7 @@ def test_defaults_leave_room_for_r1_reasoning_on_a_gpu_and_stay_short_on_cpu():
 def test_a_reply_that_would_overflow_the_context_says_what_to_lower(loaded):
     import pytest
 
-    from inference.generate import ContextTooLong, check_room, context_limit
+    from finetune.generate.reply import ContextTooLong, check_room, context_limit
 
     assert context_limit(loaded) == 8192  # SmolLM2-135M
     check_room(loaded, 100, 8092)  # fits exactly

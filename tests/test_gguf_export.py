@@ -12,9 +12,7 @@ from conftest import trained_looking_adapter
 from gguf import GGMLQuantizationType as QType
 
 from finetune.config import ModelSettings
-from finetune.embedded import gguf_path
-from finetune.export import ExportError, export_model
-from finetune.gguf_export import (
+from finetune.export.gguf import (
     LLAMA3_SPLIT,
     QWEN2_SPLIT,
     GGUFExportError,
@@ -27,8 +25,10 @@ from finetune.gguf_export import (
     rope_freq_factors,
     write_gguf,
 )
-from finetune.merge import inner_model
-from finetune.models import load_model
+from finetune.export.save import ExportError, export_model
+from finetune.models.embedded import gguf_path
+from finetune.models.load import load_model
+from finetune.models.merge import inner_model
 
 PROMPT = "What is the antidote for heparin overdose?"
 # (least share of positions with the same next token, most RMS logit error relative to the logits' RMS)
@@ -271,7 +271,7 @@ def test_k_quants_are_ggml_s_bytes_and_decode_close():
 
 
 def test_a_failed_gguf_export_leaves_nothing(loaded, tmp_path, monkeypatch):
-    import finetune.gguf_export
+    import finetune.export.gguf
 
     trained_looking_adapter(loaded)
     calls = []
@@ -282,7 +282,7 @@ def test_a_failed_gguf_export_leaves_nothing(loaded, tmp_path, monkeypatch):
             raise OSError("disk full")
         return gguf.quants.quantize(values, qtype) if qtype != QType.F16 else values.astype(np.float16)
 
-    monkeypatch.setattr(finetune.gguf_export, "encode", full_disk)
+    monkeypatch.setattr(finetune.export.gguf, "encode", full_disk)
     with pytest.raises(OSError, match="disk full"):
         export_model(loaded, tmp_path / "out", "gguf_q8_0")
     assert list(tmp_path.iterdir()) == []

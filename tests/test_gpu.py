@@ -47,17 +47,17 @@ def random_r1_model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
-    from finetune.backend import unsloth_available
+    from finetune.models.backend import unsloth_available
 
     if backend == "unsloth" and not unsloth_available():
         pytest.fail("unsloth does not import on this CUDA machine")
     if backend == "hf" and unsloth_available():
         pytest.skip("run the hf path in a process without Unsloth: FINETUNE_NO_UNSLOTH=1")
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-    from finetune.formats import prepare_dataset
-    from finetune.models import load_model
-    from finetune.train import start_training
-    from inference.generate import GenerationSettings, stream_reply
+    from finetune.data.prompts import prepare_dataset
+    from finetune.generate.reply import GenerationSettings, stream_reply
+    from finetune.models.load import load_model
+    from finetune.train.trainer import start_training
 
     torch.cuda.reset_peak_memory_stats()
     loaded = load_model(ModelSettings(str(random_r1_model), load_in_4bit=True, max_length=1024, backend=backend))
@@ -97,7 +97,7 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     assert list(stream_reply(loaded, "Define sepsis.", GenerationSettings(max_new_tokens=16)))[-1].tokens == 16
 
     # Stop, then resume from the checkpoint written at the stop: the run ends at its planned step.
-    from finetune.train import resume_training
+    from finetune.train.trainer import resume_training
 
     stopped = start_training(loaded, data, TrainSettings(max_steps=6, max_length=1024), LoraSettings(), tmp_path / "r3")
     while len(stopped.metrics) < 2:
@@ -131,8 +131,8 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
 
 
 def _fp8_capable() -> None:
-    from finetune.backend import unsloth_available
-    from finetune.fp8_matmul import fp8_supported
+    from finetune.models.backend import unsloth_available
+    from finetune.train.fp8_matmul import fp8_supported
 
     if not fp8_supported():
         pytest.skip("FP8 products need an Ada or Hopper GPU")
@@ -161,7 +161,7 @@ def test_nf4_weights_become_the_fp8_values_bitsandbytes_would_give(nested):
     _fp8_capable()
     import bitsandbytes.functional as F
 
-    from finetune.fp8_matmul import nf4_to_fp8, prepare_row_scales
+    from finetune.train.fp8_matmul import nf4_to_fp8, prepare_row_scales
 
     layer = _wide_nf4_layer(1536, 8960, nested)
     prepare_row_scales(layer)
@@ -179,7 +179,7 @@ def test_the_fp8_stand_in_matches_unsloths_matmul_eager_and_compiled():
     _fp8_capable()
     from unsloth.kernels import fast_lora
 
-    from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls
+    from finetune.train.fp8_matmul import fp8_base_matmuls, fp8_calls
 
     layer = _wide_nf4_layer(4096, 4096, nested=True)
     weight, quant_state = layer.weight, layer.weight.quant_state
@@ -209,9 +209,9 @@ def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-    from finetune.formats import prepare_dataset
-    from finetune.models import load_model
-    from finetune.train import start_training
+    from finetune.data.prompts import prepare_dataset
+    from finetune.models.load import load_model
+    from finetune.train.trainer import start_training
 
     tokenizer = AutoTokenizer.from_pretrained(os.environ.get("GPU_TOKENIZER_DIR", ROOT / ".gpu-carry" / "tokenizer"))
     config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=2, num_attention_heads=32,

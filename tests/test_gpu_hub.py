@@ -48,16 +48,16 @@ def standin_hub(replica, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["hf", "unsloth"])
 def test_real_size_r1_qwen_from_the_hub_trains_evaluates_chats_and_exports(backend, standin_hub, tmp_path):
-    from finetune.backend import unsloth_available
+    from finetune.models.backend import unsloth_available
 
     if backend == "unsloth" and not unsloth_available():
         pytest.fail("unsloth does not import on this CUDA machine")
     if backend == "hf" and unsloth_available():
         pytest.skip("run the hf path in a process without Unsloth: FINETUNE_NO_UNSLOTH=1")
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-    from finetune.data import map_columns, read_source
-    from finetune.workspace import Workspace
-    from inference.generate import GenerationSettings
+    from finetune.data.sources import map_columns, read_source
+    from finetune.generate.reply import GenerationSettings
+    from ui.workspace import Workspace
 
     workspace = Workspace(tmp_path / "runs")
     progress: list[tuple[float, str]] = []

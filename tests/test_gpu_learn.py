@@ -37,10 +37,10 @@ def replica(tmp_path_factory) -> Path:
 
 def test_the_fast_recipe_lowers_training_and_held_out_loss(replica: Path, tmp_path: Path) -> None:
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-    from finetune.evaluate import EvalSettings, held_out_loss, load_eval_items
-    from finetune.formats import prepare_dataset
-    from finetune.models import load_model
-    from finetune.train import start_training
+    from finetune.data.prompts import prepare_dataset
+    from finetune.evaluate.heldout import EvalSettings, held_out_loss, load_eval_items
+    from finetune.models.load import load_model
+    from finetune.train.trainer import start_training
 
     torch.cuda.reset_peak_memory_stats()
     loaded = load_model(ModelSettings(str(replica), max_length=MAX_LENGTH))

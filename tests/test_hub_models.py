@@ -121,7 +121,7 @@ def test_an_old_commit_stays_downloadable_by_its_sha(hub, tmp_path):
 def test_download_model_reports_bytes_and_fetches_only_what_loading_reads(hub_env):
     from huggingface_hub import constants
 
-    from finetune.download import download_model
+    from finetune.models.download import download_model
 
     heard = []
     folder = download_model(QWEN, progress=lambda fraction, line: heard.append((fraction, line)))
@@ -138,8 +138,8 @@ def test_download_model_reports_bytes_and_fetches_only_what_loading_reads(hub_en
 
 
 def test_gated_repo_says_so_and_downloads_with_a_granted_token(hub_env):
-    from finetune.download import DownloadError, download_model
-    from finetune.models import ModelLoadError, check_hub_access
+    from finetune.models.download import DownloadError, download_model
+    from finetune.models.load import ModelLoadError, check_hub_access
 
     for token in (None, APP_TOKEN):  # 401 without a token, 403 with one not granted access
         with pytest.raises(ModelLoadError) as caught:
@@ -157,7 +157,7 @@ def test_missing_repo_and_unreachable_hub_are_one_sentence(hub_env, monkeypatch)
     from huggingface_hub import constants
 
     from finetune.config import ModelSettings
-    from finetune.models import ModelLoadError, load_model
+    from finetune.models.load import ModelLoadError, load_model
 
     with pytest.raises(ModelLoadError) as caught:
         load_model(ModelSettings("standin-org/no-such-model"))
@@ -175,12 +175,12 @@ def test_missing_repo_and_unreachable_hub_are_one_sentence(hub_env, monkeypatch)
 
 def test_the_llama_replica_loads_a_tokenizer_that_keeps_spaces(hub_env):
     from finetune.config import ModelSettings
-    from finetune.models import load_model
+    from finetune.models.load import load_model
 
     loaded = load_model(ModelSettings(LLAMA_4BIT))
     tokenizer = loaded.tokenizer
     ids = tokenizer(ROUND_TRIP, add_special_tokens=False).input_ids
-    # Without the repair (finetune/tokenizer_check.py) transformers loads this repo through LlamaTokenizer:
+    # Without the repair (finetune/models/tokenizer_check.py) transformers loads this repo through LlamaTokenizer:
     # 'A45-year-oldmanhas<think>x</think>'
     assert tokenizer.decode(ids) == ROUND_TRIP
     assert loaded.info.tokenizer_note.startswith("repaired")

@@ -35,7 +35,7 @@ def reasoning_script(tokenizer, tokens: int = 4000) -> tuple[list[int], int]:
 
 
 class ScriptedDecoder:
-    """What `inference.fast_decode.decoder_for` returns, writing a script instead of running a model."""
+    """What `finetune.generate.fast_decode.decoder_for` returns, writing a script instead of running a model."""
 
     description = "scripted stand-in for the fast decoder"
 
@@ -54,22 +54,22 @@ class ScriptedDecoder:
 def long_chat_app(tmp_path_factory):
     """The app with room for the reasoning by default. The CPU default (a demo's 384 tokens) is raised
     before the app is built: typing a number into the slider raced the Send click in CI."""
-    import inference.generate
+    import finetune.generate.reply
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(inference.generate.CHAT_MAX_NEW_TOKENS, "cpu", ROOM)
+        patch.setitem(finetune.generate.reply.CHAT_MAX_NEW_TOKENS, "cpu", ROOM)
         yield from serve_app(tmp_path_factory)
 
 
 def test_a_4000_token_reasoning_streams_into_a_bounded_bubble_and_the_page_stays_usable(
         browser, long_chat_app, monkeypatch):
-    import inference.generate
+    import finetune.generate.reply
     from finetune.config import ModelSettings
 
     url, workspace = long_chat_app
     workspace.load(ModelSettings())
     ids, reasoning_tokens = reasoning_script(workspace.loaded.tokenizer)
-    monkeypatch.setattr(inference.generate, "decoder_for",
+    monkeypatch.setattr(finetune.generate.reply, "decoder_for",
                         lambda loaded, use_adapter, tokens_needed: ScriptedDecoder(ids, 0.003))
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()

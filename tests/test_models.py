@@ -6,8 +6,8 @@ import time
 import pytest
 
 from finetune.config import ModelSettings
-from finetune.embedded import cache_root, embedded_model_dir
-from finetune.models import ModelLoadError, load_model
+from finetune.models.embedded import cache_root, embedded_model_dir
+from finetune.models.load import ModelLoadError, load_model
 
 
 def test_embedded_model_loads_offline_and_reports_itself(loaded):

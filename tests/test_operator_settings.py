@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, choose_sample_dataset, start_app
 from gradio_client import Client
 
-from finetune.app_settings import SettingsError, settings_from_env
-from finetune.embedded import embedded_model_dir
+from finetune.models.embedded import embedded_model_dir
+from ui.operator_settings import SettingsError, settings_from_env
 
 
 def test_settings_come_from_the_environment():

@@ -7,9 +7,9 @@ import pytest
 from conftest import SHARED_SAMPLE, needs_shared
 
 from finetune.config import DataSettings
-from finetune.data import DatasetError, read_source
-from finetune.formats import prepare_dataset
-from finetune.preview import length_histogram, preview_dataset, read_dataset, read_upload
+from finetune.data.prompts import prepare_dataset
+from finetune.data.sources import DatasetError, read_source
+from ui.preview import length_histogram, preview_dataset, read_dataset, read_upload
 
 
 def write_jsonl(path, rows):

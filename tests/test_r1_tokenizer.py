@@ -16,11 +16,17 @@ import torch
 from conftest import R1_TOKENIZER, REAL_GGUF, ROOT, SHARED_SAMPLE, needs_shared, quick_train
 
 from finetune.config import DataSettings
-from finetune.data import map_columns
-from finetune.formats import IGNORE_INDEX, build_prompt, prompt_opens_reasoning, tokenize_example, tokenize_examples
-from finetune.models import _ensure_pad_token
-from finetune.preview import preview_dataset, read_upload
-from finetune.tokenizer_check import checked_tokenizer
+from finetune.data.prompts import (
+    IGNORE_INDEX,
+    build_prompt,
+    prompt_opens_reasoning,
+    tokenize_example,
+    tokenize_examples,
+)
+from finetune.data.sources import map_columns
+from finetune.models.load import _ensure_pad_token
+from finetune.models.tokenizer_check import checked_tokenizer
+from ui.preview import preview_dataset, read_upload
 
 pytestmark = needs_shared(R1_TOKENIZER, REAL_GGUF, SHARED_SAMPLE)
 
@@ -152,7 +158,7 @@ def test_pad_is_not_eos_even_when_the_config_pads_with_eos(r1_dir, r1_tokenizer)
 
 def test_eos_label_survives_trl_s_collator(r1_tokenizer, tiny_r1_model, tmp_path):
     """The batches the trainer really builds: each row's eos is trained, padding is not."""
-    from finetune.train import ReasoningSFTTrainer, build_sft_config
+    from finetune.train.trainer import ReasoningSFTTrainer, build_sft_config
 
     examples = map_columns(read_upload(SHARED_SAMPLE), {}).examples[:2]
     prepared = tokenize_examples(r1_tokenizer, examples, "chat", max_length=4096)
@@ -184,9 +190,9 @@ def test_earlier_template_completion_opens_the_block(r1_gguf_template_tokenizer,
 def test_a_streamed_reply_splits_into_reasoning_and_answer(template, r1_tokenizer, r1_gguf_template_tokenizer,
                                                            example, raw_row):
     """The trained completion, streamed back as chat streams a reply (skip_prompt, skip_special_tokens)."""
-    from inference.chat import conversation, reply_messages
-    from inference.generate import Reply, _counting_streamer
-    from inference.think import split_think
+    from finetune.data.think import split_think
+    from finetune.generate.chat import conversation, reply_messages
+    from finetune.generate.reply import Reply, _counting_streamer
 
     tokenizer = r1_tokenizer if template == "current" else r1_gguf_template_tokenizer
     row = tokenize_example(tokenizer, example, "chat", max_length=4096)
@@ -218,7 +224,7 @@ def test_a_streamed_reply_splits_into_reasoning_and_answer(template, r1_tokenize
 
 
 def test_multi_turn_prompt_sends_earlier_answers_not_their_reasoning(r1_tokenizer, example, raw_row):
-    from inference.chat import conversation
+    from finetune.generate.chat import conversation
 
     panes = [{"role": "user", "content": example.question},
              {"role": "assistant", "content": raw_row["Complex_CoT"], "metadata": {"title": "Reasoning"}},
@@ -257,7 +263,7 @@ def real_gguf():
 
 @pytest.fixture(scope="module")
 def exported_gguf(r1_tokenizer, tiny_r1_model, tmp_path_factory):
-    from finetune.gguf_export import write_gguf
+    from finetune.export.gguf import write_gguf
 
     path = tmp_path_factory.mktemp("r1-gguf") / "model-f16.gguf"
     write_gguf(path, tiny_r1_model.state_dict(), tiny_r1_model.config, r1_tokenizer, "gguf_f16", "tiny R1 Qwen")
@@ -276,7 +282,7 @@ def first_difference(ours: list, theirs: list) -> str:
 def test_pre_tokenizer_is_named_by_llama_cpp_s_check_hash(r1_dir):
     from transformers import AutoTokenizer
 
-    from finetune.gguf_export import tokenizer_pre
+    from finetune.export.gguf import tokenizer_pre
 
     tokenizer = AutoTokenizer.from_pretrained(r1_dir)
     assert tokenizer_pre(tokenizer, None) == "deepseek-r1-qwen"
@@ -291,7 +297,7 @@ def test_a_tokenizer_transformers_broke_is_refused_and_the_repaired_one_named(r1
     repair gives back the very tokenizer, which llama.cpp knows by its hash."""
     from transformers import AutoTokenizer
 
-    from finetune.gguf_export import GGUFExportError, tokenizer_pre
+    from finetune.export.gguf import GGUFExportError, tokenizer_pre
 
     shutil.copytree(r1_dir, tmp_path / "llama", ignore=shutil.ignore_patterns("config.json"))
     shutil.copy(ROOT / "configs" / "deepseek-r1-distill-llama-8b.json", tmp_path / "llama" / "config.json")

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from finetune import data as data_module
-from finetune.data import DatasetError, ReadLimits, read_hub_dataset, read_records
-from finetune.evaluate import load_eval_items
-from finetune.preview import read_upload
+from finetune.data.sources import DatasetError, ReadLimits, read_hub_dataset, read_records
+from finetune.data import sources as data_module
+from finetune.evaluate.heldout import load_eval_items
+from ui.preview import read_upload
 
 LIMIT_MESSAGES = {  # how each refusal names its limit
     "rows": r"more than {:,} rows \(the limit here is {:,}\)",

@@ -12,11 +12,11 @@ import yaml
 from conftest import ROOT, quick_lora, quick_train
 
 from finetune.config import DataSettings
-from finetune.data import map_columns, read_source
-from finetune.formats import tokenize_rows
-from finetune.recipe import RecipeError, load_recipe, recipe_dict
+from finetune.data.prompts import tokenize_rows
+from finetune.data.sources import map_columns, read_source
 from finetune.runs import RunFolderError, last_checkpoint, list_runs, mark_abandoned_runs, read_record
-from finetune.train import resume_training, start_training
+from finetune.train.recipe import RecipeError, load_recipe, recipe_dict
+from finetune.train.trainer import resume_training, start_training
 
 # A short run of the embedded model: 12 rows of at most 160 tokens, a checkpoint every 2 steps.
 SHORT = ["--max-rows", "12", "--max-length", "160", "--batch-size", "2", "--lr", "2e-3", "--lora-r", "8",
@@ -196,8 +196,8 @@ def test_a_full_disk_during_training_fails_with_a_clear_message(tmp_path):
 
 def test_a_run_started_in_the_app_writes_a_recipe_that_repeats_it(tmp_path):
     from finetune.config import ModelSettings
-    from finetune.data import load_examples
-    from finetune.workspace import Workspace
+    from finetune.data.sources import load_examples
+    from ui.workspace import Workspace
 
     workspace = Workspace(tmp_path / "runs")
     workspace.load(ModelSettings())

@@ -7,13 +7,13 @@ import pytest
 from conftest import quick_lora, quick_train
 
 from finetune.config import DataSettings, ModelSettings
-from finetune.dashboard import loss_rows
-from finetune.data import map_columns, read_source
-from finetune.formats import tokenize_rows
-from finetune.models import load_model
+from finetune.data.prompts import tokenize_rows
+from finetune.data.sources import map_columns, read_source
+from finetune.models.load import load_model
 from finetune.runs import list_runs, read_record
-from finetune.train import JobCallback, ReasoningSFTTrainer, resume_training, start_training
-from finetune.workspace import Workspace
+from finetune.train.trainer import JobCallback, ReasoningSFTTrainer, resume_training, start_training
+from ui.dashboard import loss_rows
+from ui.workspace import Workspace
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,8 @@ import re
 
 import pytest
 
-from finetune.adapters import run_template
 from finetune.config import TEMPLATE_LABELS, TEMPLATES, DataSettings
-from finetune.data import (
-    HOLDOUT_CAP,
-    MIN_TRAIN_ROWS,
-    DatasetError,
-    Example,
-    RawRows,
-    holdout_indices,
-    holdout_plan,
-    read_source,
-)
-from finetune.formats import (
+from finetune.data.prompts import (
     PLAIN_TEMPLATES,
     build_completion,
     build_prompt,
@@ -28,9 +17,20 @@ from finetune.formats import (
     suggested_template,
     tokenize_example,
 )
-from finetune.preview import preview_dataset
-from finetune.recipe import RecipeError, default_recipe, with_changes
-from inference.think import split_think
+from finetune.data.sources import (
+    HOLDOUT_CAP,
+    MIN_TRAIN_ROWS,
+    DatasetError,
+    Example,
+    RawRows,
+    holdout_indices,
+    holdout_plan,
+    read_source,
+)
+from finetune.data.think import split_think
+from finetune.models.adapters import run_template
+from finetune.train.recipe import RecipeError, default_recipe, with_changes
+from ui.preview import preview_dataset
 
 MEDICAL_WORDS = re.compile(r"medic|clinic|diagnos|treatment|patient|assessment", re.IGNORECASE)
 EXAMPLE = Example("Which gas fills most of a semiconductor fab's clean-room air?", "Air is mostly N2.", "Nitrogen.")
@@ -142,7 +142,7 @@ def test_the_preview_says_what_is_held_out_and_what_is_left(tokenizer):
 
 
 def test_a_recipe_keeps_the_automatic_holdout(tmp_path):
-    from finetune.recipe import load_recipe, save_recipe
+    from finetune.train.recipe import load_recipe, save_recipe
 
     recipe = with_changes(default_recipe("cpu"), {"data": {"template": "plain-neutral"}})
     assert recipe.data.holdout_rows is None  # what the Train tab and the CLI start from

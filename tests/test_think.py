@@ -1,7 +1,7 @@
 import pytest
 
-from finetune.formats import PLAIN_CLOSE, PLAIN_OPEN
-from inference.think import split_think
+from finetune.data.prompts import PLAIN_CLOSE, PLAIN_OPEN
+from finetune.data.think import split_think
 
 CASES = [
     # text, prompt opened the block, expected (thinking, answer, closed)

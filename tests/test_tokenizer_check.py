@@ -13,9 +13,9 @@ import torch
 from conftest import R1_TOKENIZER, REAL_GGUF, needs_shared, trained_looking_adapter
 
 from finetune.config import ModelSettings
-from finetune.embedded import embedded_model_dir
-from finetune.models import ModelLoadError, load_model
-from finetune.tokenizer_check import PROBE, TokenizerError, checked_tokenizer, round_trip
+from finetune.models.embedded import embedded_model_dir
+from finetune.models.load import ModelLoadError, load_model
+from finetune.models.tokenizer_check import PROBE, TokenizerError, checked_tokenizer, round_trip
 
 
 def ids(tokenizer, text: str) -> list[int]:
@@ -92,7 +92,7 @@ def test_load_model_repairs_the_r1_llama_tokenizer_and_says_so(llama_r1, qwen_r1
 
 
 def export_of(folder, fmt: str, target):
-    from finetune.export import export_model
+    from finetune.export.save import export_model
 
     loaded = load_model(ModelSettings(name=str(folder)))
     trained_looking_adapter(loaded)

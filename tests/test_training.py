@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import lora_b_weights, mean_loss, quick_lora, quick_train
 
-from finetune.adapters import load_adapter
 from finetune.config import DataSettings, ModelSettings
-from finetune.formats import prepare_dataset
-from finetune.job import TrainingBusy
-from finetune.models import load_model
-from finetune.train import start_training
-from inference.generate import GenerationSettings, ModelBusy, generate_reply
+from finetune.data.prompts import prepare_dataset
+from finetune.generate.reply import GenerationSettings, ModelBusy, generate_reply
+from finetune.models.adapters import load_adapter
+from finetune.models.load import load_model
+from finetune.train.job import TrainingBusy
+from finetune.train.trainer import start_training
 
 GREEDY = GenerationSettings(max_new_tokens=24, temperature=0.0)
 QUESTION = "A 30-year-old woman has palpitations, weight loss and a fine tremor. What test comes first?"
@@ -156,13 +156,13 @@ def test_lora_weights_are_trainable_only(trained_run):
 
 A_SHORT_RUN = """
 import sys
-from finetune.backend import import_unsloth_first
+from finetune.models.backend import import_unsloth_first
 import_unsloth_first()
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.dashboard import log_lines
-from finetune.formats import prepare_dataset
-from finetune.models import load_model
-from finetune.train import start_training
+from ui.dashboard import log_lines
+from finetune.data.prompts import prepare_dataset
+from finetune.models.load import load_model
+from finetune.train.trainer import start_training
 
 loaded = load_model(ModelSettings())
 data = prepare_dataset(DataSettings(source="sample", max_rows=5, holdout_rows=1), loaded.tokenizer, 128)
@@ -197,7 +197,7 @@ def test_the_advisories_are_dropped_and_everything_else_of_their_loggers_kept():
 
     from finetune.quiet import LIBRARY_ADVISORIES
 
-    # finetune.train, imported above, put the filters on; the handler sees what gets past a logger's filters.
+    # finetune.train.trainer, imported above, put the filters on; the handler sees what gets past a logger's filters.
     seen, expected = [], []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append((record.levelname, record.getMessage()))

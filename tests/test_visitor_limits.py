@@ -11,10 +11,10 @@ from conftest import quick_lora, quick_train
 import app
 from finetune.bounds import Range, TextLimits, number_from, range_of, text_from
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import map_columns, read_source
-from finetune.evaluate import EvalSettings
-from finetune.workspace import Workspace, WorkspaceError
-from inference.generate import GenerationSettings, stream_reply
+from finetune.data.sources import map_columns, read_source
+from finetune.evaluate.heldout import EvalSettings
+from finetune.generate.reply import GenerationSettings, stream_reply
+from ui.workspace import Workspace, WorkspaceError
 
 SETTINGS = (ModelSettings, LoraSettings, TrainSettings, DataSettings, EvalSettings, GenerationSettings)
 RANGED = [(cls, item.name, item.metadata["range"]) for cls in SETTINGS for item in fields(cls)

@@ -4,11 +4,11 @@ import pytest
 from conftest import SHARED_SAMPLE, needs_shared, quick_lora, quick_train
 
 from finetune.config import DataSettings, ModelSettings
-from finetune.data import map_columns, read_source
-from finetune.evaluate import EvalSettings
-from finetune.job import TrainingBusy
-from finetune.workspace import Workspace, WorkspaceError
-from inference.generate import GenerationSettings, ModelBusy
+from finetune.data.sources import map_columns, read_source
+from finetune.evaluate.heldout import EvalSettings
+from finetune.generate.reply import GenerationSettings, ModelBusy
+from finetune.train.job import TrainingBusy
+from ui.workspace import Workspace, WorkspaceError
 
 
 def sample_rows(rows=12):
@@ -73,9 +73,9 @@ def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
 
 
 def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(workspace):
-    from finetune.adapters import attach_fresh_adapter
     from finetune.config import LoraSettings
-    from inference.chat import NOT_STARTED, STOPPED
+    from finetune.generate.chat import NOT_STARTED, STOPPED
+    from finetune.models.adapters import attach_fresh_adapter
 
     attach_fresh_adapter(workspace.loaded, LoraSettings(r=4, gradient_checkpointing=False))
     settings = GenerationSettings(max_new_tokens=300, temperature=0.0)

@@ -25,14 +25,16 @@ drop_library_advisories()  # before transformers' Trainer imports PEFT, whose bi
 from transformers import PrinterCallback, Trainer, TrainerCallback  # noqa: E402
 from trl import SFTTrainer  # noqa: E402
 
-from finetune.adapters import attach_fresh_adapter, nonfinite_weight, remove_adapter, restore_4bit_training_layout  # noqa: E402
-from finetune.backend import is_main_process  # noqa: E402
 from finetune.config import LoraSettings, TrainSettings  # noqa: E402
-from finetune.formats import PreparedDataset  # noqa: E402
-from finetune.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile  # noqa: E402
-from finetune.job import TrainingBusy, TrainingJob  # noqa: E402
-from finetune.models import LoadedModel, release_memory  # noqa: E402
-from finetune.recipe import Recipe, save_recipe  # noqa: E402
+from finetune.data.prompts import PreparedDataset  # noqa: E402
+from finetune.models.adapters import (  # noqa: E402
+    attach_fresh_adapter,
+    nonfinite_weight,
+    remove_adapter,
+    restore_4bit_training_layout,
+)
+from finetune.models.backend import is_main_process  # noqa: E402
+from finetune.models.load import LoadedModel, release_memory  # noqa: E402
 from finetune.runs import (  # noqa: E402
     RunFolderError,
     append_metric,
@@ -46,6 +48,9 @@ from finetune.runs import (  # noqa: E402
     update_record,
     write_json_atomic,
 )
+from finetune.train.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile  # noqa: E402
+from finetune.train.job import TrainingBusy, TrainingJob  # noqa: E402
+from finetune.train.recipe import Recipe, save_recipe  # noqa: E402
 
 
 class TrainingDiverged(RuntimeError):
@@ -223,7 +228,7 @@ def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSet
     The held-out rows go to heldout.jsonl and the per-question answers to eval.json, so the
     Evaluate tab and `python -m finetune eval` can look at them again.
     """
-    from finetune.evaluate import EvalProgress, EvalSettings, evaluate, item_rows, save_items
+    from finetune.evaluate.heldout import EvalProgress, EvalSettings, evaluate, item_rows, save_items
 
     settings = EvalSettings(template=data.template, max_length=train.max_length,
                             max_new_tokens=train.eval_max_new_tokens, generate=train.eval_generate)
@@ -440,7 +445,7 @@ def write_run_start(output_dir: Path, loaded: LoadedModel, data: PreparedDataset
 
 def write_prepared(output_dir: Path, data: PreparedDataset) -> None:
     """The tokenized rows (and held-out rows) of a run: what a resume trains on, without the upload."""
-    from finetune.evaluate import save_items
+    from finetune.evaluate.heldout import save_items
 
     lines = (json.dumps({"input_ids": row.input_ids, "labels": row.labels, "full_length": row.full_length})
              for row in data.rows)
@@ -450,8 +455,8 @@ def write_prepared(output_dir: Path, data: PreparedDataset) -> None:
 
 
 def read_prepared(run_dir: Path, record: dict) -> PreparedDataset:
-    from finetune.evaluate import load_eval_items
-    from finetune.formats import LengthStats, TokenizedRow
+    from finetune.data.prompts import LengthStats, TokenizedRow
+    from finetune.evaluate.heldout import load_eval_items
 
     rows = [TokenizedRow(row["input_ids"], row["labels"], "", "", row["full_length"])
             for row in map(json.loads, (run_dir / "train_rows.jsonl").read_text().splitlines())]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from finetune.bounds import shorten
 from finetune.config import DataSettings
-from finetune.data import (
+from finetune.data.prompts import LengthStats, preview_row, tokenize_rows
+from finetune.data.sources import (
     HUB_PRESETS,
     READ_LIMITS,
     DatasetError,
@@ -23,7 +24,6 @@ from finetune.data import (
     map_columns,
     read_source,
 )
-from finetune.formats import LengthStats, preview_row, tokenize_rows
 
 MAX_UPLOAD_MB = 50
 

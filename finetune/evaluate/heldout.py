@@ -16,7 +16,7 @@ seed, so a run repeats exactly and base and fine-tuned see the same random numbe
 
 While it runs, `evaluate` reports an `EvalProgress` (the phase under way, answers done, tokens written
 within the batch being generated, time left from the rates measured so far) a few times a second;
-`finetune.eval_view.eval_progress_line` says it in words for the Train and Evaluate tabs.
+`ui.eval_view.eval_progress_line` says it in words for the Train and Evaluate tabs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,15 @@ from typing import Literal
 
 from finetune.bounds import SEED_MAX, check_ranges, ranged
 from finetune.config import EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE
-from finetune.data import (
+from finetune.data.prompts import (
+    IGNORE_INDEX,
+    build_prompt,
+    effective_template,
+    prompt_opens_reasoning,
+    reasoning_tags,
+    tokenize_examples,
+)
+from finetune.data.sources import (
     READ_LIMITS,
     DatasetError,
     EvalItem,
@@ -42,16 +50,8 @@ from finetune.data import (
     resolve_columns,
     to_examples,
 )
-from finetune.formats import (
-    IGNORE_INDEX,
-    build_prompt,
-    effective_template,
-    prompt_opens_reasoning,
-    reasoning_tags,
-    tokenize_examples,
-)
-from finetune.models import LoadedModel
-from inference.think import split_think
+from finetune.data.think import split_think
+from finetune.models.load import LoadedModel
 
 MODELS = {"base": False, "finetuned": True}
 """Name in the report -> whether the LoRA adapter is on."""
@@ -86,7 +86,7 @@ class EvalSettings:
     top_p: float = ranged(0.95, 0.05, 1.0, whole=False)
     seed: int = ranged(0, 0, SEED_MAX)
     template: str = "chat"
-    """The template the adapter was trained with (see `finetune.adapters.read_run_template`)."""
+    """The template the adapter was trained with (see `finetune.models.adapters.read_run_template`)."""
     system_prompt: str = ""
     max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
     """Rows are cut to this many tokens for the held-out loss, as in training."""
@@ -119,7 +119,7 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class EvalProgress:
-    """Where a running evaluation is, for a status line (`finetune.eval_view.eval_progress_line`)."""
+    """Where a running evaluation is, for a status line (`ui.eval_view.eval_progress_line`)."""
 
     phase: EvalPhase
     model: ModelName
@@ -159,7 +159,7 @@ class EvalReport:
 
 def load_eval_items(source: str, columns: dict[str, str] | None = None, limit: int | None = None,
                     limits: ReadLimits = READ_LIMITS) -> list[EvalItem]:
-    """Read evaluation items from a preset or a file (see `finetune.data.eval_items`), within `limits`."""
+    """Read evaluation items from a preset or a file (see `finetune.data.sources.eval_items`), within `limits`."""
     raw = read_source(source, limits=limits)
     rows = raw.rows[:limit] if limit else raw.rows
     mapping = resolve_columns(raw.columns, columns or {}, raw.name, need_answer="options" not in raw.columns)
@@ -224,7 +224,7 @@ def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: Eval
     `on_row(done, total)` after each row."""
     import torch
 
-    from finetune.adapters import adapter_switched
+    from finetune.models.adapters import adapter_switched
 
     examples = [Example(i.question, i.reasoning, i.answer) for i in items if i.has_reference]
     if not examples:
@@ -262,7 +262,7 @@ def generate_answers(
     by the batch's questions that have not yet ended."""
     import torch
 
-    from finetune.adapters import adapter_switched
+    from finetune.models.adapters import adapter_switched
 
     tokenizer = loaded.tokenizer
     template = effective_template(settings.template, tokenizer)
@@ -305,7 +305,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
                     stop: threading.Event | None, on_step: Callable[[int, int], None] | None = None) -> list[str]:
     from transformers import StoppingCriteriaList
 
-    from inference.generate import StopOnEvent, check_room
+    from finetune.generate.reply import StopOnEvent, check_room
 
     tokenizer = loaded.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow every prompt directly
@@ -580,3 +580,16 @@ def item_rows(report: EvalReport) -> list[dict]:
                 row[name] = asdict(report.items[name][position])
         rows.append(row)
     return rows
+
+
+def eval_line(metrics: dict[str, dict]) -> str:
+    """One line for the Train tab: held-out loss and format, base → fine-tuned."""
+    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
+    parts = []
+    if base.get("heldout_loss") is not None and tuned.get("heldout_loss") is not None:
+        change = (tuned["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"]
+        parts.append(f"held-out loss {base['heldout_loss']:.3f} → {tuned['heldout_loss']:.3f} ({change:+.0%})")
+    for key, label in (("format_adherence", "format"), ("mcq_accuracy", "multiple-choice accuracy")):
+        if base.get(key) is not None and tuned.get(key) is not None:
+            parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
+    return " · ".join(parts)

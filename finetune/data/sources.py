@@ -23,13 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from finetune.data.think import THINK_OPEN, split_think
 from finetune.hub import hub_offline_mode, hub_reachable
-from inference.think import THINK_OPEN, split_think
 
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 SAMPLE_FILE = SAMPLE_DIR / "clinical_vignettes.jsonl"
 MCQ_FILE = SAMPLE_DIR / "clinical_mcq.jsonl"
-REAL_ROWS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "medical_o1_sample.jsonl"
+REAL_ROWS = Path(__file__).resolve().parents[3] / "shared" / "data" / "medical_o1_sample.jsonl"
 """Real medical-o1 rows (HuatuoGPT-o1, with options), where ../shared is present: none of them bundled
 or trained on, so they say what a run on the bundled sample learned (`FINETUNE_REAL_ROWS` moves it)."""
 MEDICAL_O1 = "FreedomIntelligence/medical-o1-reasoning-SFT"

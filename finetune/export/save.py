@@ -25,13 +25,14 @@ from pathlib import Path
 
 import torch
 
-from finetune.adapters import read_run_record
-from finetune.embedded import CACHE_NAME, HUB_REPO, cache_root
-from finetune.gguf_export import GGUF_FORMATS, GGUFExportError, export_gguf, run_instructions
-from finetune.merge import inner_model, merged_state_dict
-from finetune.models import LoadedModel, ModelInfo
+from finetune.config import EXPORT_FORMATS
+from finetune.export.gguf import GGUF_FORMATS, GGUFExportError, export_gguf, run_instructions
+from finetune.models.adapters import read_run_record
+from finetune.models.embedded import CACHE_NAME, HUB_REPO, cache_root
+from finetune.models.load import LoadedModel, ModelInfo
+from finetune.models.merge import inner_model, merged_state_dict
 
-FORMATS = ("adapter", "merged_16bit", *GGUF_FORMATS)
+FORMATS = EXPORT_FORMATS  # config.ExportFormat: the one list, which export_gguf's formats complete
 CONTENTS = {
     "adapter": "the LoRA adapter (load it on the base model with PEFT)",
     "merged_16bit": "the base model with the LoRA adapter merged in, 16-bit (plain transformers)",
@@ -259,7 +260,7 @@ def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:
         lines.append(f"- Training loss: {record['loss_first']:.3f} → {record['loss_last']:.3f}")
     evaluation = record.get("eval") or {}
     if evaluation.get("base") and evaluation.get("finetuned"):
-        from finetune.eval_view import eval_line
+        from finetune.evaluate.heldout import eval_line
 
         source = evaluation.get("source") or {}
         rows = (f"{source['rows']} rows of {source['dataset']}" if source

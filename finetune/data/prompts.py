@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from finetune.config import DataSettings
-from finetune.data import (
+from finetune.data.sources import (
     MEDICAL_O1,
     SAMPLE_FILE,
     EvalItem,
@@ -34,7 +34,7 @@ from finetune.data import (
     holdout_plan,
     load_examples,
 )
-from inference.think import THINK_CLOSE, THINK_OPEN
+from finetune.data.think import THINK_CLOSE, THINK_OPEN
 
 IGNORE_INDEX = -100
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from finetune.merge import base_layer, inner_model, merged_weight
-from finetune.models import LoadedModel
+from finetune.models.load import LoadedModel
+from finetune.models.merge import base_layer, inner_model, merged_weight
 
 SUPPORTED_MODELS = ("llama", "qwen2")
 SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn")
@@ -70,7 +70,7 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int) -> F
     """The loaded model's fast decoder, holding the base (adapter off) or fine-tuned weights; None when
     this model cannot use one or the GPU has no room for a 16-bit copy (chat then uses `generate`).
 
-    The decoder lives on `loaded.decoder` until the adapter changes (see `finetune.adapters`) or a
+    The decoder lives on `loaded.decoder` until the adapter changes (see `finetune.models.adapters`) or a
     training run starts, which drop it to give training the memory.
     """
     decoder = loaded.decoder

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 from finetune.config import LoraSettings
-from finetune.models import LoadedModel
+from finetune.models.load import LoadedModel
 
 ADAPTER_NAME = "default"
 

@@ -27,7 +27,7 @@ import torch
 from gguf import GGMLQuantizationType as QType
 from gguf.constants import GGML_QUANT_SIZES, QK_K
 
-from finetune.merge import base_layer, inner_model, merged_weight
+from finetune.models.merge import base_layer, inner_model, merged_weight
 
 GGUF_FORMATS = {
     "gguf_f16": (gguf.LlamaFileType.MOSTLY_F16, "the base model with the LoRA adapter merged in, as one GGUF file, "

@@ -42,7 +42,7 @@ SECTIONS = {"model": ModelSettings, "data": DataSettings, "train": TrainSettings
 
 def default_recipe(device: str) -> Recipe:
     """What the Train tab and the CLI start from on this device: its training defaults, and a hold-out
-    sized to the data (`holdout_rows: null` in a recipe; finetune.data.holdout_plan)."""
+    sized to the data (`holdout_rows: null` in a recipe; finetune.data.sources.holdout_plan)."""
     train = TrainSettings.for_device(device)
     return Recipe(ModelSettings(max_length=train.max_length), DataSettings(holdout_rows=None), train,
                   lora_for_device(device))

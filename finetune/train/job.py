@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the job module stays light: the app imports it before any model library
-    from finetune.data import HoldoutPlan
-    from finetune.evaluate import EvalProgress
+    from finetune.data.sources import HoldoutPlan
+    from finetune.evaluate.heldout import EvalProgress
 
 
 class TrainingBusy(RuntimeError):

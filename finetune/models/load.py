@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from finetune.backend import default_device, local_rank, unsloth_available, world_size
 from finetune.config import ModelSettings
-from finetune.download import DownloadError, Progress, download_model, hub_error_sentence
-from finetune.embedded import embedded_model_dir
 from finetune.hub import hub_offline_mode, hub_reachable
-from finetune.tokenizer_check import TokenizerError, checked_tokenizer
+from finetune.models.backend import default_device, local_rank, unsloth_available, world_size
+from finetune.models.download import DownloadError, Progress, download_model, hub_error_sentence
+from finetune.models.embedded import embedded_model_dir
+from finetune.models.tokenizer_check import TokenizerError, checked_tokenizer
 
 PRESETS = {
     "embedded": "SmolLM2-135M-Instruct, built in: runs offline on CPU (default)",
@@ -78,7 +78,7 @@ class LoadedModel:
     job: object | None = None
     adapter_dir: Path | None = None
     decoder: object | None = None
-    """Chat's fast decoder (`inference.fast_decode`): a 16-bit copy of the weights, dropped whenever
+    """Chat's fast decoder (`finetune.generate.fast_decode`): a 16-bit copy of the weights, dropped whenever
     the adapter changes or training starts."""
 
     @property

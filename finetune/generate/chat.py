@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from finetune.models import LoadedModel
-from inference.generate import GenerationSettings, Reply, stream_reply
+from finetune.generate.reply import GenerationSettings, Reply, stream_reply
+from finetune.models.load import LoadedModel
 
 PANES = {"base": False, "tuned": True}
 """Pane name -> whether the LoRA adapter is on. Base is the same weights with the adapter off."""

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from finetune.bounds import TextLimits
-from finetune.data import READ_LIMITS, REAL_ROWS, ReadLimits
-from finetune.models import PRESETS
+from finetune.data.sources import READ_LIMITS, REAL_ROWS, ReadLimits
+from finetune.models.load import PRESETS
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 
-from finetune.eval_view import eval_line, eval_progress_line
-from finetune.job import TrainingJob
+from finetune.evaluate.heldout import eval_line
+from finetune.train.job import TrainingJob
+from ui.eval_view import eval_progress_line
 
 
 def smoothed(values: list[float], weight: float = 0.8) -> list[float]:

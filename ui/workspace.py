@@ -20,21 +20,21 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from finetune.adapters import read_run_template, run_template
 from finetune.bounds import TextLimits, shorten
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from finetune.data import MCQ_FILE, READ_LIMITS, SAMPLE_FILE, DatasetError, LoadedRows, ReadLimits, write_rows
-from finetune.download import Progress
-from finetune.eval_estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
-from finetune.eval_view import flattery_note
-from finetune.evaluate import EvalReport, EvalSettings
-from finetune.formats import PreparedDataset, tokenize_rows
-from finetune.job import TrainingBusy, TrainingJob
-from finetune.models import LoadedModel, ModelInfo, load_model, release_memory
-from finetune.recipe import Recipe
+from finetune.data.prompts import PreparedDataset, tokenize_rows
+from finetune.data.sources import MCQ_FILE, READ_LIMITS, SAMPLE_FILE, DatasetError, LoadedRows, ReadLimits, write_rows
+from finetune.evaluate.estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
+from finetune.evaluate.heldout import EvalReport, EvalSettings
+from finetune.generate.chat import ChatRuns, stream_chat
+from finetune.generate.reply import GenerationSettings
+from finetune.models.adapters import read_run_template, run_template
+from finetune.models.download import Progress
+from finetune.models.load import LoadedModel, ModelInfo, load_model, release_memory
 from finetune.runs import RunSummary, disk_error, list_runs, mark_abandoned_runs, read_record
-from inference.chat import ChatRuns, stream_chat
-from inference.generate import GenerationSettings
+from finetune.train.job import TrainingBusy, TrainingJob
+from finetune.train.recipe import Recipe
+from ui.eval_view import flattery_note
 
 
 class WorkspaceError(RuntimeError):
@@ -129,7 +129,7 @@ class Workspace:
         try:
             if self.training:
                 raise TrainingBusy(self.job)
-            from finetune.train import start_training  # TRL and PEFT load on first use, not at app start
+            from finetune.train.trainer import start_training  # TRL and PEFT load on first use, not at app start
 
             prepared = self.prepare(rows, data, train.max_length)
             output_dir = self._reserve_run_folder(run_name)
@@ -214,7 +214,7 @@ class Workspace:
     def resume_training(self, run_name: str) -> TrainingJob:
         """Continue a stopped or interrupted run from its last checkpoint, on the loaded model."""
         loaded = self.require_model()
-        from finetune.train import resume_training
+        from finetune.train.trainer import resume_training
 
         run_dir = self.runs_dir / _safe_name(run_name)
         if not run_name or not (run_dir / "run.json").is_file():
@@ -282,7 +282,7 @@ class Workspace:
     def adapter_run(self) -> str | None:
         """The run whose saved adapter is on the loaded model, which chat's fine-tuned pane answers with; None
         with no adapter, or one no run has saved yet (a run in progress, or one that failed)."""
-        from finetune.adapters import run_folder
+        from finetune.models.adapters import run_folder
 
         loaded = self.loaded
         if loaded is None or not loaded.has_adapter or loaded.adapter_dir is None:
@@ -337,8 +337,8 @@ class Workspace:
     ) -> Iterator[tuple[str, EvalReport | None]]:
         """Evaluate base and fine-tuned in a worker thread; yield (progress line, None) about twice a
         second, then (summary line, report). `stop_evaluation(visitor)` ends it early."""
-        from finetune.eval_view import eval_progress_line
-        from finetune.evaluate import EvalProgress, evaluate, load_eval_items
+        from finetune.evaluate.heldout import EvalProgress, evaluate, load_eval_items
+        from ui.eval_view import eval_progress_line
 
         loaded = self.require_model()
         if self.training:
@@ -414,7 +414,7 @@ class Workspace:
 
     def evaluation_estimate(self, source: str, upload: str | None, limit: int | None, max_new_tokens: int) -> str:
         """About how long `evaluate` would take with these choices, as one line (why not, when it cannot)."""
-        from finetune.evaluate import MODELS, load_eval_items
+        from finetune.evaluate.heldout import MODELS, load_eval_items
 
         loaded = self.loaded
         if loaded is None:
@@ -442,7 +442,7 @@ class Workspace:
 
     def export(self, fmt: str, name: str = "", run_name: str = "") -> Path:
         """Write a run's adapter (default: the one on the loaded model) in `fmt` to a new folder under exports/."""
-        from finetune.export import export_model
+        from finetune.export.save import export_model
 
         loaded = self.require_model()
         if self.training:
@@ -463,7 +463,7 @@ class Workspace:
         """Put a run's saved adapter on the loaded model (also what chat's fine-tuned pane then answers with).
 
         `wait=False` refuses, instead of waiting, while a reply or an export holds the model."""
-        from finetune.adapters import load_adapter
+        from finetune.models.adapters import load_adapter
 
         loaded = self.require_model()
         adapter = run_dir / "adapter"
@@ -523,7 +523,7 @@ class Workspace:
     def running_recipe(self) -> Recipe | None:
         """The settings of the run going on (as its Start or Resume set them), for a page opened meanwhile;
         None when no run is going on or its recipe cannot be read."""
-        from finetune.recipe import RecipeError, load_recipe
+        from finetune.train.recipe import RecipeError, load_recipe
 
         if not self.training:
             return None

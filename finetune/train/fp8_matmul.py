@@ -156,7 +156,7 @@ def nf4_fp8_linear(x_fp8: torch.Tensor, x_scale: torch.Tensor, packed: torch.Ten
                    offset: float, blocksize: int, blocksize2: int, nested: bool) -> torch.Tensor:
     """x @ W.t() in bf16 for an FP8 input and an NF4 weight W. A custom op, so that a compiled
     decoder layer calls it whole instead of tracing (and breaking) around the Triton kernel."""
-    from finetune import fp8_kernels
+    from finetune.train import fp8_kernels
 
     _COUNTER["calls"] += 1
     w_fp8 = torch.empty((row_scale.shape[0], x_fp8.shape[1]), dtype=FP8, device=x_fp8.device)
@@ -174,7 +174,7 @@ def _(x_fp8, x_scale, packed, absmax, code, code2, absmax2, row_scale, offset, b
 @torch.library.custom_op("finetune::fp8_quantize_rows", mutates_args=())
 def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (rows, cols) in 16 bits -> (FP8 values, float32 scale per row), x ≈ values * scale."""
-    from finetune import fp8_kernels
+    from finetune.train import fp8_kernels
 
     x = x.contiguous()
     values = torch.empty(x.shape, dtype=FP8, device=x.device)
@@ -224,7 +224,7 @@ _SHARED_INPUT = _SharedInput()
 
 def nf4_to_fp8(W: torch.Tensor, quant_state) -> torch.Tensor:
     """A prepared NF4 weight as FP8 (out_features, in_features): W ≈ values * fp8_row_scale per row."""
-    from finetune import fp8_kernels
+    from finetune.train import fp8_kernels
 
     values = torch.empty(quant_state.shape, dtype=FP8, device=W.device)
     fp8_kernels.nf4_to_fp8(W, *_nf4_arguments(quant_state), values)

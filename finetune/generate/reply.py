@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from finetune.adapters import adapter_switched
 from finetune.bounds import SEED_MAX, check_ranges, ranged
-from finetune.formats import build_prompt, effective_template, prompt_opens_reasoning, reasoning_tags
-from finetune.models import LoadedModel
-from inference.fast_decode import Sampling, decoder_for
-from inference.think import split_think
+from finetune.data.prompts import build_prompt, effective_template, prompt_opens_reasoning, reasoning_tags
+from finetune.data.think import split_think
+from finetune.generate.fast_decode import Sampling, decoder_for
+from finetune.models.adapters import adapter_switched
+from finetune.models.load import LoadedModel
 
 GENERATE = "transformers generate"
 CHAT_MAX_NEW_TOKENS = {"cuda": 6144, "cpu": 768}
@@ -54,7 +54,7 @@ class GenerationSettings:
     """'chat' or 'plain': must match the template the adapter was trained with ('auto' in the app: the
     template of the latest run)."""
     fast: bool = True
-    """Use the fast decoder (`inference.fast_decode`) where the model allows; False: transformers' generate."""
+    """Use the fast decoder (`finetune.generate.fast_decode`) where the model allows; False: transformers' generate."""
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -4,9 +4,9 @@ and one question in full. Pure functions of an evaluation report (or its JSON fo
 
 from __future__ import annotations
 
-from finetune.data import SAMPLE_FILE
-from finetune.eval_estimate import duration_words
-from finetune.evaluate import PUBLISHED, EvalProgress, EvalReport, ItemResult
+from finetune.data.sources import SAMPLE_FILE
+from finetune.evaluate.estimate import duration_words
+from finetune.evaluate.heldout import PUBLISHED, EvalProgress, EvalReport, ItemResult
 
 TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
 MODEL_WORDS = {"base": "base model", "finetuned": "fine-tuned model"}
@@ -41,19 +41,6 @@ def metrics_rows(metrics: dict[str, dict]) -> list[list[str]]:
 
 def metrics_headers(metrics: dict[str, dict]) -> list[str]:
     return ["Measure", *(TITLES[name] for name in _present(metrics))]
-
-
-def eval_line(metrics: dict[str, dict]) -> str:
-    """One line for the Train tab: held-out loss and format, base → fine-tuned."""
-    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
-    parts = []
-    if base.get("heldout_loss") is not None and tuned.get("heldout_loss") is not None:
-        change = (tuned["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"]
-        parts.append(f"held-out loss {base['heldout_loss']:.3f} → {tuned['heldout_loss']:.3f} ({change:+.0%})")
-    for key, label in (("format_adherence", "format"), ("mcq_accuracy", "multiple-choice accuracy")):
-        if base.get(key) is not None and tuned.get(key) is not None:
-            parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
-    return " · ".join(parts)
 
 
 def eval_progress_line(progress: EvalProgress, opening: str = "Evaluating", what: str = "questions") -> str:
