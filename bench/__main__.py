@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 from bench.learn import GENERATE_ROWS
+from bench.learn import main as learn_main
 from bench.workload import MODELS
+from finetune.models.backend import default_device, import_unsloth_first
 
 VARIANTS = ("hf", "unsloth", "ours")
 
@@ -54,8 +56,6 @@ def main() -> None:
         print("BENCH " + json.dumps(measure_one(args)), flush=True)
         return
     if args.bench == "learn":  # one process: it trains and evaluates one model
-        from bench.learn import main as learn_main
-
         learn_main(args)
         return
     if args.steps <= args.warmup:
@@ -69,8 +69,6 @@ def main() -> None:
 
 
 def chosen_variants(args) -> list[str]:
-    from finetune.models.backend import default_device
-
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -81,10 +79,8 @@ def chosen_variants(args) -> list[str]:
 
 
 def measure_one(args) -> dict:
-    from finetune.models.backend import import_unsloth_first
-
     import_unsloth_first()
-    from bench.measure import device, run_chat, run_curve, run_train
+    from bench.measure import device, run_chat, run_curve, run_train  # after Unsloth: it patches transformers
 
     max_length = args.max_length or (2048 if device() == "cuda" else 512)
     if args.what == "train":

@@ -21,6 +21,10 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from finetune.data.prompts import tokenize_rows
+from finetune.data.sources import map_columns, read_source
+from finetune.train.recipe import Recipe, load_recipe
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_RECIPE = ROOT / "recipes" / "embedded-cpu-demo.yaml"
 REAL_ROWS = ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl"
@@ -38,12 +42,15 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
               generate_rows: int = GENERATE_ROWS, max_steps: int | None = None, max_new_tokens: int | None = None,
               out_dir: Path | None = None) -> dict:
     """Train the recipe and measure base vs fine-tuned on `eval_file`; the result as one dict."""
-    from finetune.data.prompts import tokenize_rows
-    from finetune.data.sources import map_columns, read_source
-    from finetune.evaluate.heldout import EvalSettings, generate_answers, held_out_loss, load_eval_items, summarize
-    from finetune.models.load import load_model
-    from finetune.train.recipe import load_recipe
-    from finetune.train.trainer import start_training
+    from finetune.evaluate.heldout import (  # torch: here, not where `python -m bench` imports this module
+        EvalSettings,
+        generate_answers,
+        held_out_loss,
+        load_eval_items,
+        summarize,
+    )
+    from finetune.models.load import load_model  # torch, as above
+    from finetune.train.trainer import start_training  # TRL, as above
 
     if not eval_file.is_file():
         raise SystemExit(f"{eval_file}: no real medical-o1 rows to evaluate on (they come with ../shared/data)")
@@ -52,10 +59,11 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
     train = replace(recipe.train, eval_generate=False)  # the bundled held-out rows: loss only, for contrast
     if max_steps is not None:
         train = replace(train, max_steps=max_steps)
+    recipe = replace(recipe, train=train)
     loaded = load_model(recipe.model)
     load_s = time.perf_counter() - began
     rows = map_columns(read_source(recipe.data.source), recipe.data.columns)
-    data = tokenize_rows(rows, recipe.data, loaded.tokenizer, train.max_length)
+    data = tokenize_rows(rows, recipe.data, loaded.tokenizer, recipe.model.max_length)
     items = load_eval_items(str(eval_file), limit=eval_rows)
     overlap = shared_questions(rows.examples, items)
     if overlap:
@@ -64,14 +72,15 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(out_dir or scratch) / "run"
         started = time.perf_counter()
-        job = start_training(loaded, data, train, recipe.lora, run_dir)
+        job = start_training(loaded, data, replace(recipe, output=str(run_dir)))
         job.wait()
         train_s = time.perf_counter() - started
         if job.status != "done":
             raise SystemExit(f"training ended {job.status}: {job.error}")
         bundled = (job.result or {}).get("eval", {})
 
-    settings = EvalSettings.for_device(loaded.device, template=data.template, max_length=max(train.max_length, 1024))
+    settings = EvalSettings.for_device(loaded.device, template=data.template,
+                                       max_length=max(recipe.model.max_length, 1024))
     if max_new_tokens is not None:
         settings = replace(settings, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
@@ -89,7 +98,7 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
         "recipe": str(recipe_path.relative_to(ROOT)) if recipe_path.is_relative_to(ROOT) else str(recipe_path),
         "train": {"dataset": data.name, "rows": len(data.rows), "steps": job.metrics[-1]["step"],
                   "trained_tokens_per_pass": data.stats.trained_tokens, "loss_first": losses[0],
-                  "loss_last": losses[-1], "wall_s": round(train_s, 1), **_settings(train, recipe.lora)},
+                  "loss_last": losses[-1], "wall_s": round(train_s, 1), **_settings(recipe)},
         "eval": {"source": eval_file.name, "rows": len(items), "generated_rows": min(generate_rows, len(items)),
                  "shared_with_training": 0,
                  "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
@@ -105,17 +114,18 @@ def run_learn(recipe_path: Path = DEMO_RECIPE, eval_file: Path = REAL_ROWS, eval
 
 def check_goal(result: dict) -> dict:
     """Each figure of the goal: target, measured, met."""
-    base, tuned = result["base"], result["finetuned"]
-    drop = 1 - tuned["heldout_loss"] / base["heldout_loss"]
+    base, fine_tuned = result["base"], result["finetuned"]
+    drop = 1 - fine_tuned["heldout_loss"] / base["heldout_loss"]
     checks = {
         "heldout_loss_drop": (f">= {GOAL['heldout_loss_drop']:.0%}", round(drop, 3),
                               drop >= GOAL["heldout_loss_drop"]),
-        "format_adherence": (f">= {GOAL['format_adherence']:.0%}", tuned["format_adherence"],
-                             (tuned["format_adherence"] or 0) >= GOAL["format_adherence"]),
-        "mcq_accuracy": (f">= base {base['mcq_accuracy']}", tuned["mcq_accuracy"],
-                         (tuned["mcq_accuracy"] or 0) >= (base["mcq_accuracy"] or 0)),
-        "letter_named": (f">= base {base['mcq_answered']}/{base['mcq_n']}", f"{tuned['mcq_answered']}/{tuned['mcq_n']}",
-                         tuned["mcq_answered"] >= base["mcq_answered"]),
+        "format_adherence": (f">= {GOAL['format_adherence']:.0%}", fine_tuned["format_adherence"],
+                             (fine_tuned["format_adherence"] or 0) >= GOAL["format_adherence"]),
+        "mcq_accuracy": (f">= base {base['mcq_accuracy']}", fine_tuned["mcq_accuracy"],
+                         (fine_tuned["mcq_accuracy"] or 0) >= (base["mcq_accuracy"] or 0)),
+        "letter_named": (f">= base {base['mcq_answered']}/{base['mcq_n']}",
+                         f"{fine_tuned['mcq_answered']}/{fine_tuned['mcq_n']}",
+                         fine_tuned["mcq_answered"] >= base["mcq_answered"]),
         "train_minutes": (f"< {GOAL['train_minutes']:.0f}", round(result["train"]["wall_s"] / 60, 1),
                           result["train"]["wall_s"] / 60 < GOAL["train_minutes"]),
     }
@@ -133,16 +143,17 @@ def shared_questions(examples, items) -> list[str]:
     return [item.question for item in items if key(item.question) in trained]
 
 
-def _settings(train, lora) -> dict:
+def _settings(recipe: Recipe) -> dict:
     keep = ("max_steps", "micro_batch_size", "grad_accum_steps", "learning_rate", "lr_scheduler", "warmup_steps",
             "max_length", "sampling")
-    return {**{key: asdict(train)[key] for key in keep}, "lora_r": lora.r, "lora_alpha": lora.alpha}
+    values = {**asdict(recipe.train), "max_length": recipe.model.max_length}
+    return {**{key: values[key] for key in keep}, "lora_r": recipe.lora.r, "lora_alpha": recipe.lora.alpha}
 
 
 def table(result: dict) -> str:
     """The figures as a Markdown table, base against fine-tuned, then the goal."""
-    base, tuned = result["base"], result["finetuned"]
-    drop = 1 - tuned["heldout_loss"] / base["heldout_loss"]
+    base, fine_tuned = result["base"], result["finetuned"]
+    drop = 1 - fine_tuned["heldout_loss"] / base["heldout_loss"]
 
     def share(figures: dict, key: str) -> str:
         return "–" if figures[key] is None else f"{figures[key]:.0%}"
@@ -156,12 +167,12 @@ def table(result: dict) -> str:
         "| on real medical-o1 rows | base | fine-tuned |",
         "| --- | --- | --- |",
         f"| held-out loss (reasoning + answer) | {base['heldout_loss']:.3f} | "
-        f"{tuned['heldout_loss']:.3f} ({-drop:+.0%}) |",
-        f"| format adherence | {share(base, 'format_adherence')} | {share(tuned, 'format_adherence')} |",
-        f"| multiple-choice accuracy | {share(base, 'mcq_accuracy')} | {share(tuned, 'mcq_accuracy')} |",
+        f"{fine_tuned['heldout_loss']:.3f} ({-drop:+.0%}) |",
+        f"| format adherence | {share(base, 'format_adherence')} | {share(fine_tuned, 'format_adherence')} |",
+        f"| multiple-choice accuracy | {share(base, 'mcq_accuracy')} | {share(fine_tuned, 'mcq_accuracy')} |",
         f"| answers naming a letter | {base['mcq_answered']}/{base['mcq_n']} | "
-        f"{tuned['mcq_answered']}/{tuned['mcq_n']} |",
-        f"| mean reasoning tokens | {base['mean_reasoning_tokens']} | {tuned['mean_reasoning_tokens']} |",
+        f"{fine_tuned['mcq_answered']}/{fine_tuned['mcq_n']} |",
+        f"| mean reasoning tokens | {base['mean_reasoning_tokens']} | {fine_tuned['mean_reasoning_tokens']} |",
         "",
         "goal: " + ", ".join(f"{name} {check['measured']} ({check['target']}) {'met' if check['met'] else 'NOT met'}"
                              for name, check in result["goal"].items() if name != "all_met"),

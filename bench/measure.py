@@ -16,32 +16,36 @@ import time
 import torch
 
 from bench.workload import medical_o1_file, model_folder, synthetic_dataset
-from finetune.config import LoraSettings, ModelSettings, TrainSettings, lora_for_device
+from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
+from finetune.data.prompts import prepare_dataset
+from finetune.generate.fast_decode import FastDecoder, Sampling, decoder_for
+from finetune.models.adapters import attach_fresh_adapter
 from finetune.models.backend import default_device as device
 from finetune.models.load import LoadedModel, load_model
+from finetune.train.recipe import Recipe
 from finetune.train.trainer import start_training
 
 
-def seeds_recipe(max_length: int) -> TrainSettings:
+def seeds_recipe() -> TrainSettings:
     """The seeds' recipe: micro-batch 2 x grad-accum 4, adamw_8bit, bf16 (fp32 and adamw_torch on CPU)."""
     if device() == "cuda":
-        return TrainSettings(max_length=max_length)
-    return TrainSettings(max_length=max_length, optimizer="adamw_torch")
+        return TrainSettings()
+    return TrainSettings(optimizer="adamw_torch")
 
 
-def variant_recipe(variant: str, max_length: int) -> tuple[str, TrainSettings, LoraSettings]:
+def variant_recipe(variant: str) -> tuple[str, TrainSettings, LoraSettings]:
     """(backend, training settings, LoRA settings) of a variant.
 
     BENCH_OURS="sampling=group_by_length,fp8_matmuls=false" tries other settings for `ours` (any
     field of TrainSettings or LoraSettings); the JSON records the recipe that ran.
     """
     if variant == "ours":
-        train = dataclasses.replace(TrainSettings.for_device(device()), max_length=max_length)
+        train = TrainSettings.for_device(device())
         if device() == "cpu":  # the CPU demo recipe trains a smaller batch; compare at the seeds' batch of 8
             train = dataclasses.replace(train, micro_batch_size=8, grad_accum_steps=1, learning_rate=2e-4,
                                         warmup_steps=TrainSettings().warmup_steps)
         return "auto", *_with_overrides(train, lora_for_device(device()), os.environ.get("BENCH_OURS", ""))
-    return variant, seeds_recipe(max_length), LoraSettings(gradient_checkpointing=True)
+    return variant, seeds_recipe(), LoraSettings(gradient_checkpointing=True)
 
 
 def _with_overrides(train: TrainSettings, lora: LoraSettings, overrides: str) -> tuple[TrainSettings, LoraSettings]:
@@ -58,7 +62,7 @@ def _with_overrides(train: TrainSettings, lora: LoraSettings, overrides: str) ->
 
 
 def load(variant: str, model: str, max_length: int) -> LoadedModel:
-    backend = variant_recipe(variant, max_length)[0]
+    backend = variant_recipe(variant)[0]
     loaded = load_model(ModelSettings(model_folder(model), load_in_4bit=device() == "cuda", max_length=max_length,
                                       backend=backend))
     vocab = loaded.model.config.vocab_size
@@ -72,13 +76,14 @@ def run_train(variant: str, model: str, steps: int, warmup: int, max_length: int
     if device() == "cuda":
         torch.cuda.reset_peak_memory_stats()
     loaded = load(variant, model, max_length)
-    _, train, lora = variant_recipe(variant, max_length)
+    _, train, lora = variant_recipe(variant)
     # One checkpoint, at the end: the engine's ten a run would time disk writes, not training.
     train = dataclasses.replace(train, max_steps=steps, save_steps=steps)
     rows = steps * train.micro_batch_size * train.grad_accum_steps
     data = synthetic_dataset(rows, max_length, loaded.model.config.vocab_size)
     with tempfile.TemporaryDirectory() as output:
-        job = start_training(loaded, data, train, lora, output)
+        # The rows are synthetic_dataset's: the recipe's data section is the default, never read back.
+        job = start_training(loaded, data, Recipe(loaded.settings, DataSettings(), train, lora, output))
         job.wait()
     if job.status != "done":
         raise RuntimeError(f"{variant} training {job.status}: {job.error}")
@@ -111,18 +116,16 @@ def run_curve(variant: str, model: str, steps: int, seed: int, max_length: int) 
     The last 16 rows are never trained on. `seed` changes the order in which rows are seen, so runs
     of one variant with different seeds show how much the curve moves by chance alone.
     """
-    from finetune.config import DataSettings
-    from finetune.data.prompts import prepare_dataset
-
     loaded = load(variant, model, max_length)
-    _, train, lora = variant_recipe(variant, max_length)
+    _, train, lora = variant_recipe(variant)
     train = dataclasses.replace(train, max_steps=steps, seed=seed)
-    data = prepare_dataset(DataSettings(source=str(medical_o1_file())), loaded.tokenizer, max_length)
+    source = DataSettings(source=str(medical_o1_file()))
+    data = prepare_dataset(source, loaded.tokenizer, max_length)
     held_out = data.rows[-HELD_OUT_ROWS:]
     data = dataclasses.replace(data, rows=data.rows[:-HELD_OUT_ROWS])
     before = _held_out_loss(loaded.model, held_out)
     with tempfile.TemporaryDirectory() as output:
-        job = start_training(loaded, data, train, lora, output)
+        job = start_training(loaded, data, Recipe(loaded.settings, source, train, lora, output))
         job.wait()
     if job.status != "done":
         raise RuntimeError(f"{variant} training {job.status}: {job.error}")
@@ -188,15 +191,13 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
 
     `ours` is the engine's chat path: the fast decoder (`finetune.generate.fast_decode`) where it applies.
     """
-    from finetune.models.adapters import attach_fresh_adapter
-
     loaded = load(variant, model, 2048)
     attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
     _perturb_adapter(loaded.model)
     model_ = loaded.model
     model_.eval()
     if loaded.info.backend == "unsloth":
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # CUDA only: imported where Unsloth is the backend
 
         FastLanguageModel.for_inference(model_)
     generator = torch.Generator().manual_seed(0)
@@ -239,8 +240,6 @@ def _generate_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int)
 
 def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> tuple[list[float], dict]:
     """The fast decoder: built (weights merged, graph captured) once, then timed on a second reply."""
-    from finetune.generate.fast_decode import Sampling, decoder_for
-
     started = time.perf_counter()
     decoder = decoder_for(loaded, True, prompt.shape[1] + new_tokens)
     if decoder is None:
@@ -262,8 +261,6 @@ def _logits_errors(loaded: LoadedModel, decoder, prompt: torch.Tensor, steps: in
     The reference is the same merged weights run in float32 by the same code, which the CPU tests
     check against transformers token for token.
     """
-    from finetune.generate.fast_decode import FastDecoder
-
     tokens = torch.cat([prompt[0], prompt[0, :steps]])
     reference = FastDecoder(loaded.model, decoder.capacity, dtype=torch.float32)
     reference.load_weights(loaded.model, use_adapter=True)

@@ -80,8 +80,8 @@ def model_folder(key: str) -> str:
     """'embedded', or a folder holding random-init bf16 weights from the real config (built once)."""
     if MODELS[key] is None:
         return "embedded"
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    import torch  # heavy: `python -m bench` imports this module first
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # heavy, as torch
 
     folder = Path(os.environ.get("BENCH_MODELS", "/tmp/bench-models")) / key
     if (folder / "config.json").is_file():

@@ -1,5 +1,11 @@
 """Typed settings for one run, built once at the boundary (UI form, CLI flags, tests).
 
+"The seeds" are the reference notebooks this project grew from: Unsloth's LoRA fine-tune of
+DeepSeek-R1-Distill-Llama-8B on medical-o1-reasoning-SFT. "The seeds' recipe" is theirs: LoRA r16,
+alpha 16, dropout 0 on all 7 projections; micro-batch 2 x gradient accumulation 4; learning rate 2e-4,
+linear schedule, 5 warm-up steps, 60 steps; adamw_8bit, weight decay 0.01; seed 3407; max length 2048;
+the ### medical template (recipes/seeds-*.yaml write it out).
+
 Defaults are the seeds' recipe on a GPU. `TrainSettings.for_device("cpu")` gives a short demo
 recipe that finishes in a few minutes on two cores with the embedded model.
 """
@@ -24,6 +30,9 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Sampling = Literal["random", "group_by_length"]
 """How rows are batched: 'random' (the seeds' order) or 'group_by_length' (similar lengths, less padding)."""
 SAMPLING_LABELS = {"group_by_length": "similar lengths", "random": "random order"}
+Side = Literal["base", "finetuned"]
+"""The two models compared everywhere (chat panes, evaluation reports): the same weights, adapter off or on."""
+ADAPTER_ON: dict[Side, bool] = {"base": False, "finetuned": True}
 OPTIMIZERS = ("adamw_8bit", "adamw_torch", "paged_adamw_8bit", "adafactor")
 """The optimisers the app offers (the CLI and recipes take any of transformers' optimizer names)."""
 LORA_RANKS = (4, 8, 16, 32, 64, 128)
@@ -46,11 +55,13 @@ class ModelSettings:
     name: str = "embedded"
     """'embedded', a preset name, a Hub repo id, or a local folder."""
     load_in_4bit: bool | None = None
-    """None: 4-bit NF4 on CUDA, full precision on CPU. Pre-quantized repos are always 4-bit."""
+    """4-bit NF4 weights; None (auto): on with CUDA, off on CPU. Pre-quantized repos are always 4-bit."""
     max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
-    """Tokens per row: the longest sequence the model is prepared for (Unsloth sizes its RoPE cache by it),
-    and what a run's rows are truncated to (and counted in the preview). One field for both, so a run's
-    recipe cannot hold two lengths that disagree."""
+    """Tokens per row: what a run's rows are cut at (and counted in the preview), and the longest sequence
+    the model is prepared for.
+
+    Unsloth sizes its RoPE cache by it. One field for both, so a run's recipe cannot hold two lengths that
+    disagree."""
     backend: Backend = "auto"
     """'auto' (Unsloth when it imports on CUDA, else transformers), 'unsloth' or 'hf'."""
 
@@ -70,15 +81,21 @@ class LoraSettings:
     """The adapter trained on top of the frozen (possibly 4-bit) base model."""
 
     r: int = ranged(16, 1, 256)
+    """The LoRA rank: the inner width of each adapter, so how much it can learn (and how many MB it takes)."""
     alpha: int = ranged(16, 1, 4096)
+    """The LoRA scale: the adapter's update is multiplied by alpha / r (alpha / sqrt(r) with rsLoRA)."""
     dropout: float = ranged(0.0, 0.0, 0.9, whole=False)
+    """Dropout on the adapters' inputs while training; 0 (the seeds' recipe) is also Unsloth's fast path."""
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    """The projections that get an adapter (comma-separated on the command line): all 7 by default."""
     use_rslora: bool = False
+    """Rank-stabilised LoRA: scale the update by alpha / sqrt(r) rather than alpha / r."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, ~30% slower."""
     offload_activations: bool = True
     """Unsloth only: keep checkpointed activations in CPU memory ("unsloth" checkpointing)."""
     seed: int = ranged(3407, 0, SEED_MAX)
+    """For the adapter's starting weights (the command line's --seed sets this and the run's seed)."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -92,30 +109,43 @@ class TrainSettings:
     """The optimisation loop. Defaults: the seeds' GPU recipe."""
 
     micro_batch_size: int = ranged(2, 1, 64)
+    """Rows per forward and backward pass (a micro-batch)."""
     grad_accum_steps: int = ranged(4, 1, 256)
+    """Micro-batches per optimiser step: the effective batch is micro_batch_size x grad_accum_steps rows."""
     warmup_steps: int = ranged(5, 0, 100_000)
+    """Optimiser steps over which the learning rate rises from 0 to `learning_rate`."""
     max_steps: int | None = ranged(60, 1, 100_000, optional=True)
-    """Stop after this many optimiser steps; None trains for `epochs`."""
+    """Stop after this many optimiser steps; None (0 on the command line) trains for `epochs` instead."""
     epochs: float = ranged(1.0, 0.01, 1000, whole=False)
+    """Passes over the training rows, when `max_steps` is None."""
     learning_rate: float = ranged(2e-4, 1e-8, 1.0, whole=False)
-    """Above 1 every optimiser offered diverges; a run whose loss still turns non-finite fails, saying so."""
+    """The learning rate after warmup, which `lr_scheduler` then lowers.
+
+    Above 1 every optimiser offered diverges; a run whose loss still turns non-finite fails, saying so."""
     lr_scheduler: Scheduler = "linear"
+    """How the learning rate goes after warmup: down to 0 in a line or a cosine, or constant."""
     optimizer: str = "adamw_8bit"
+    """Any of transformers' optimizer names, e.g. adamw_8bit (the seeds'), adamw_torch, paged_adamw_8bit."""
     weight_decay: float = ranged(0.01, 0.0, 1.0, whole=False)
+    """The optimiser's weight decay on the adapter's weights."""
     precision: Precision = "auto"
     """'auto' (bf16 where the GPU supports it, else fp16; fp32 on CPU), 'bf16', 'fp16' or 'fp32'."""
     seed: int = ranged(3407, 0, SEED_MAX)
+    """For the order of the rows and the adapter's start: the same seed, the same run."""
     sampling: Sampling = "random"
     """'random', or 'group_by_length': batches of similar lengths, so less compute goes to padding."""
     eval_generate: bool = True
     """At the end of a run with held-out rows: also generate answers (format, accuracy), not only the loss."""
     eval_max_new_tokens: int = ranged(EVAL_MAX_NEW_TOKENS["cuda"], 1, 131_072)
+    """New tokens per held-out answer in that evaluation: room for the reasoning and the answer."""
     save_steps: int | None = ranged(None, 1, 100_000, optional=True)
-    """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None: ten a run."""
+    """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None (auto):
+    ten a run."""
     fp8_matmuls: bool = False
     """FP8 for the frozen 4-bit base weights' forward matmuls, where it pays: Unsloth, an Ada/Hopper GPU,
-    a model 4096 wide or more (8B class); elsewhere a no-op. The adapter, its gradients and the loss stay
-    16-bit (see fp8_matmul.py)."""
+    a model 4096 wide or more (8B class); elsewhere a no-op.
+
+    The adapter, its gradients and the loss stay 16-bit (see fp8_matmul.py)."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -195,17 +225,24 @@ class DataSettings:
     split: str = "train[0:500]"
     """Hub datasets only: which slice to download."""
     template: Template = "chat"
-    """One of TEMPLATES: 'chat' (the model's chat template, a <think> block), 'plain' (the seeds' medical ###
-    template) or 'plain-neutral' (### with a neutral role and headers; `suggested_template` picks)."""
+    """'chat' (the model's chat template, the reasoning in a <think> block), 'plain' (the seeds' medical ###
+    template) or 'plain-neutral' (### with a neutral role and headers).
+
+    One of TEMPLATES; `suggested_template` picks one for a dataset."""
     columns: dict[str, str] = field(default_factory=dict)
-    """Overrides for the detected mapping: keys question, reasoning, answer, messages, context."""
+    """Overrides for the detected mapping, role=column: roles question, reasoning, answer, messages, context."""
     system_prompt: str = ""
+    """Replaces the ### templates' role; a system message for chat."""
     max_rows: int | None = ranged(None, 1, 10_000_000, optional=True)
+    """Read only the first this many rows; None reads them all."""
     holdout_rows: int | None = ranged(0, 0, 10_000, optional=True)
-    """Rows kept out of training (picked at random, fixed seed) to evaluate base vs fine-tuned on. None:
-    sized to the data (`finetune.data.sources.holdout_plan`: a share of the rows between a floor and a cap, none from
-    a dataset too small to spare them), what the Train tab and the CLI start from (`default_recipe`). The
-    class's own 0 keeps a run built in code as it was: all rows trained, no evaluation at the end."""
+    """Rows kept out of training (picked at random, fixed seed) and evaluated on at the end, base vs
+    fine-tuned. None (auto): sized to the data, a share of the rows between a floor and a cap, and none from
+    a dataset too small to spare them.
+
+    None is what the Train tab and the CLI start from (`default_recipe`); the sizes are
+    `finetune.data.sources.holdout_plan`'s. The class's own 0 keeps a run built in code as it was: all rows
+    trained, no evaluation at the end."""
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -87,8 +87,8 @@ def _check_folder(folder: str | Path) -> Path:
 
 
 def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import HFValidationError  # heavy (httpx): on first use
+    from huggingface_hub.utils import validate_repo_id  # heavy (httpx): on first use
 
     hint = "use 'your-name/model-name' (letters, digits, '-', '_' and '.', at most 96 characters)"
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
@@ -100,7 +100,7 @@ def _check_repo_id(repo_id: str) -> None:
 
 
 def _check_online(endpoint: str) -> None:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy (httpx); it reads HF_* at import
 
     # Both: our env check sees HF_HUB_OFFLINE set after import; the library read its copy at import.
     if hub_offline_mode() or constants.is_offline_mode():
@@ -115,8 +115,8 @@ def _unreachable(endpoint: str) -> str:
 
 def _create_and_upload(folder: Path, repo_id: str, token: str, private: bool, endpoint: str,
                        commit_message: str) -> None:
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfUriError
+    from huggingface_hub import HfApi  # heavy (httpx): on first use
+    from huggingface_hub.errors import HfUriError  # heavy (httpx): on first use
 
     # The endpoint goes to HfApi, which hands it to every request of this path (repo creation,
     # preupload, LFS batch and verify, commit); LFS upload URLs are the ones the server sent.
@@ -143,7 +143,7 @@ def _lfs_transfers() -> Iterator[None]:
     to Xet itself), and the path our tests exercise against a stand-in server. The cost: no Xet
     chunk deduplication, and a download running in another thread meanwhile takes plain HTTP.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy (httpx); it reads HF_* at import
 
     with _TRANSFER_SWITCH:
         before = constants.HF_HUB_DISABLE_XET
@@ -156,8 +156,8 @@ def _lfs_transfers() -> Iterator[None]:
 
 def _push_error(err: Exception, repo_id: str, endpoint: str, token: str) -> PushError:
     """One sentence for the person pushing, with any credential scrubbed from the server's words."""
-    import httpx
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    import httpx  # heavy (httpx): on first use
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled  # heavy (httpx): on first use
 
     cause = _first_of(err, (HfHubHTTPError, OfflineModeIsEnabled, httpx.TransportError))
     if isinstance(cause, OfflineModeIsEnabled):

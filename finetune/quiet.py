@@ -51,7 +51,7 @@ def no_dataset_progress_bars() -> Iterator[None]:
     """No `datasets` progress bars within: TRL's passes over a run's rows when its trainer is built
     ("Truncating train dataset", "Dropping fully masked examples") take a second and would draw two bars
     in the terminal at every start."""
-    import datasets
+    import datasets  # heavy (pyarrow): imported by the run that needs it, not by the app at start
     from datasets.utils.logging import is_progress_bar_enabled
 
     shown = is_progress_bar_enabled()
@@ -70,12 +70,12 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # heavy: this runs before a command's real work
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        import datasets
+        import datasets  # heavy, and optional for the commands that never read a dataset
 
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()

@@ -1,3 +1,4 @@
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import_unsloth_first()  # before anything imports transformers (a no-op without 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from finetune.config import LoraSettings, ModelSettings, TrainSettings  # noqa: E402
+from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings  # noqa: E402
+from finetune.train.recipe import Recipe  # noqa: E402
 
 R1_TEMPLATE = (ROOT / "configs" / "r1_chat_template.jinja").read_text()
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -46,8 +48,12 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(embedded_model_dir())
 
 
+QUICK_LENGTH = 160
+"""Tokens per row of the quick runs: short rows, quick steps."""
+
+
 def quick_train(max_steps: int = 10, **overrides) -> TrainSettings:
-    """A CPU run small enough for tests: short rows, no warm-up, a high learning rate."""
+    """A CPU run small enough for tests: no warm-up, a high learning rate (and rows of QUICK_LENGTH)."""
     fields = dict(
         micro_batch_size=2,
         grad_accum_steps=1,
@@ -55,10 +61,17 @@ def quick_train(max_steps: int = 10, **overrides) -> TrainSettings:
         max_steps=max_steps,
         learning_rate=2e-3,
         optimizer="adamw_torch",
-        max_length=160,
     )
     fields.update(overrides)
     return TrainSettings(**fields)
+
+
+def quick_recipe(loaded, output, train: TrainSettings | None = None, lora: LoraSettings | None = None,
+                 data: DataSettings | None = None, max_length: int = QUICK_LENGTH) -> Recipe:
+    """What `start_training` takes for a quick run on `loaded` into `output`: quick_train and quick_lora unless
+    given, at QUICK_LENGTH tokens a row (what the rows are tokenized at too)."""
+    return Recipe(dataclasses.replace(loaded.settings, max_length=max_length), data or DataSettings(),
+                  train or quick_train(), lora or quick_lora(), str(output))
 
 
 def quick_lora() -> LoraSettings:

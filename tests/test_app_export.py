@@ -8,7 +8,7 @@ from conftest import choose_sample_dataset
 from gradio_client import Client
 from hub_standin import HubStandin
 
-import app
+from finetune.config import EXPORT_FORMAT_LABELS
 from finetune.export.save import FORMATS
 from ui.workspace import WorkspaceError
 
@@ -32,7 +32,7 @@ def trained(app_server):
 
 
 def test_every_engine_format_is_offered():
-    assert list(app.EXPORT_CHOICES) == list(FORMATS) or set(app.EXPORT_CHOICES) == set(FORMATS)
+    assert list(EXPORT_FORMAT_LABELS) == list(FORMATS) or set(EXPORT_FORMAT_LABELS) == set(FORMATS)
 
 
 def test_the_adapter_exports_and_downloads_as_a_zip(trained):

@@ -88,7 +88,7 @@ def test_follow_up_prompt_carries_the_earlier_turn(tokenizer):
 def test_without_an_adapter_the_tuned_pane_says_so_and_base_still_answers(loaded):
     updates = list(stream_chat(loaded, "What is sepsis?", GREEDY))
     final = updates[-1]
-    assert final["base"][-1]["content"] and final["tuned"] == [{"role": "assistant", "content": NO_ADAPTER}]
+    assert final["base"][-1]["content"] and final["finetuned"] == [{"role": "assistant", "content": NO_ADAPTER}]
     assert all("base" in update for update in updates)
 
 
@@ -100,12 +100,12 @@ def test_both_panes_show_reasoning_apart_from_the_answer_for_an_r1_prompt(loaded
     loaded.tokenizer.chat_template = R1_TEMPLATE  # the prompt ends inside <think>, like R1-distill models
     attach_fresh_adapter(loaded, LoraSettings(r=4, gradient_checkpointing=False))
     final = list(stream_chat(loaded, "What is sepsis?", GREEDY))[-1]
-    for pane in ("base", "tuned"):
+    for pane in ("base", "finetuned"):
         bubble, answer = final[pane]
         assert bubble["metadata"]["title"] == REASONING_TITLE and bubble["content"]
         assert "metadata" not in answer and answer["content"].startswith(NOTE)  # 10 tokens: still thinking
     # A fresh adapter is zero-initialised: with the same seed the two panes match exactly.
-    assert final["base"][0]["content"] == final["tuned"][0]["content"]
+    assert final["base"][0]["content"] == final["finetuned"][0]["content"]
 
 
 def test_a_long_stream_is_sent_at_most_every_so_often_and_always_at_its_turns_and_end(monkeypatch):
@@ -155,19 +155,19 @@ def test_the_later_pane_says_it_is_queued_from_the_first_update_and_a_stop_leave
         updates.append(update)
         lines.append(status_line(replies))
     assert updates[0] == {"base": [{"role": "assistant", "content": MODEL_NOTES["reading"]}],
-                          "tuned": [{"role": "assistant", "content": queued_note("base")}]}
+                          "finetuned": [{"role": "assistant", "content": queued_note("base")}]}
     assert queued_note("base") == NOTE + "Waiting: the base model answers first…"
     assert lines[:2] == ["Base: reading the question… · Fine-tuned: queued",
                          "Base: thinking… 30 tokens, 15 tokens/s · Fine-tuned: queued"]
-    assert updates[-1]["tuned"] == [{"role": "assistant", "content": NOT_STARTED}]
+    assert updates[-1]["finetuned"] == [{"role": "assistant", "content": NOT_STARTED}]
     assert lines[-1] == "Base: 31 tokens in 2.1 s (15 tokens/s)"  # the speed line, as before
 
 
 def test_a_reply_on_its_way_says_where_it_is_in_the_status_line():
-    waiting = {"base": Reply("", "", False, False, 0, 3.0, phase="waiting"), "tuned": reply(phase="queued")}
+    waiting = {"base": Reply("", "", False, False, 0, 3.0, phase="waiting"), "finetuned": reply(phase="queued")}
     assert status_line(waiting).startswith("Base: waiting for the model (another visitor's reply")
     answering = {"base": reply("Inferior MI.", "Give", thinking_done=True)}
     assert status_line(answering) == "Base: answering… 40 tokens, 13 tokens/s"
     assert status_line({"base": reply(phase="reading")}) == "Base: reading the question… 3 s"
-    assert status_line({"tuned": reply(phase="no adapter")}) == "Fine-tuned: no adapter yet"
+    assert status_line({"finetuned": reply(phase="no adapter")}) == "Fine-tuned: no adapter yet"
     assert reply_messages(reply(phase="waiting")) == [{"role": "assistant", "content": MODEL_NOTES["waiting"]}]

@@ -1,14 +1,23 @@
-"""The two command lines, run as a user runs them."""
+"""The command line (`python -m finetune`, and `python -m inference` for its chat), run as a user runs it."""
 
 import argparse
+import dataclasses
 import json
+import re
 import subprocess
 import sys
+import typing
+from dataclasses import fields
 
 import pytest
 from conftest import ROOT
 
+from finetune.cli import COMMANDS, build_parser, recipe_from_args, settings_from_args
+from finetune.cli_flags import given
+from finetune.config import ModelSettings, TrainSettings, choices_of
 from finetune.data.sources import SAMPLE_FILE
+from finetune.models.backend import default_device
+from finetune.train.recipe import default_recipe
 
 SAMPLE_ROWS = len(SAMPLE_FILE.read_text().splitlines())
 
@@ -153,8 +162,6 @@ def test_bad_file_content_names_the_line(tmp_path):
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
-    from finetune.__main__ import build_parser
-
     [commands] = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
     return commands.choices
 
@@ -164,7 +171,8 @@ def test_every_subcommand_says_what_it_does_and_every_option_its_default():
         assert command.description and len(command.description) > 30, name
         for action in command._actions:
             if action.option_strings and action.dest != "help" and not action.required:
-                assert "(default: " in (action.help or ""), f"{name} {action.option_strings[0]} states no default"
+                assert re.search(r"[(;] ?default: [^()]+\)$", action.help or ""), \
+                    f"{name} {action.option_strings[0]} states no default"
     top = run("finetune", "--help")  # each subcommand listed with its one-line help
     assert top.returncode == 0 and all(f"    {name}  " in top.stdout for name in subcommands())
 
@@ -181,10 +189,102 @@ def test_export_defaults_to_the_adapter_and_offers_the_gguf_files():
 
 
 def test_holdout_is_automatic_unless_a_number_is_given_and_templates_come_from_the_vocabulary():
-    from finetune.__main__ import _settings, build_parser
-
     parse = build_parser().parse_args
-    assert _settings(parse(["train", "--output", "x"])).data.holdout_rows is None  # sized to the data
-    assert _settings(parse(["train", "--holdout", "auto", "--output", "x"])).data.holdout_rows is None
-    assert _settings(parse(["train", "--holdout", "3", "--output", "x"])).data.holdout_rows == 3
-    assert _settings(parse(["preview", "--template", "plain-neutral"])).data.template == "plain-neutral"
+    assert recipe_from_args(parse(["train", "--output", "x"])).data.holdout_rows is None  # sized to the data
+    assert recipe_from_args(parse(["train", "--holdout", "auto", "--output", "x"])).data.holdout_rows is None
+    assert recipe_from_args(parse(["train", "--holdout", "3", "--output", "x"])).data.holdout_rows == 3
+    assert recipe_from_args(parse(["preview", "--template", "plain-neutral"])).data.template == "plain-neutral"
+
+
+def setting_flags(command: str) -> dict[tuple[str, str], argparse.Action]:
+    """The command's flags made from its settings, by the (section, field) each sets."""
+    return {target: action for action in subcommands()[command]._actions for target in getattr(action, "targets", ())}
+
+
+def test_every_field_of_every_settings_class_has_a_flag():
+    for name, command in COMMANDS.items():
+        flags = setting_flags(name)
+        for section in command.sections():
+            missing = [item.name for item in fields(section.settings_class) if (section.name, item.name) not in flags]
+            assert not missing, f"{name}: {section.settings_class.__name__} has no flag for {missing}"
+    train = setting_flags("train")
+    assert train["train", "seed"] is train["lora", "seed"]  # one --seed for both
+    assert [action.option_strings[0] for action in (train["train", "learning_rate"], train["data", "holdout_rows"],
+                                                    train["lora", "r"])] == ["--lr", "--holdout", "--lora-r"]
+    evaluate = setting_flags("eval")
+    assert evaluate["model", "max_length"] is evaluate["eval", "max_length"]  # the model is prepared for the rows
+
+
+def test_help_states_each_settings_real_default_by_device():
+    def help_of(command: str, flag: str) -> str:
+        [action] = [action for action in subcommands()[command]._actions if flag in action.option_strings]
+        return action.help
+
+    # TrainSettings.for_device, ModelSettings.for_device and lora_for_device: what a run starts from.
+    lr, length = ({device: f"{of(device):g}" for device in ("cpu", "cuda")} for of in (
+        lambda device: TrainSettings.for_device(device).learning_rate,
+        lambda device: ModelSettings.for_device(device).max_length))
+    assert help_of("train", "--lr").endswith(f"default: {lr['cpu']} on CPU, {lr['cuda']} on a GPU)")
+    assert help_of("train", "--max-length").endswith(f"(16 to 131,072; default: {length['cpu']} on CPU, "
+                                                     f"{length['cuda']} on a GPU)")
+    assert help_of("train", "--gradient-checkpointing").endswith("(default: off on CPU, on on a GPU)")
+    assert help_of("train", "--holdout").endswith("(0 to 10,000, or auto; default: auto)")
+    assert help_of("train", "--max-steps").endswith("(1 to 100,000, or 0; default: 60)")
+    assert help_of("eval", "--max-new-tokens").endswith("default: 768 on CPU, 4096 on a GPU)")
+    assert help_of("chat", "--decoder").endswith("(default: fast)")
+    assert help_of("chat", "--template").endswith("(default: the adapter's, else chat)")
+    # The help is the field's docstring; every setting has one of its own or its name.
+    assert help_of("train", "--fp8").startswith("FP8 for the frozen 4-bit base weights' forward matmuls")
+    for command in COMMANDS:
+        for target, action in setting_flags(command).items():
+            assert "default: " in action.help and not action.help.startswith(" ("), (command, target)
+    # With no flag given, a command builds what its --help states.
+    device = default_device()
+    for argv in (["eval"], ["chat", "q"], ["export", "--adapter", "x", "--output", "y"]):
+        sections = COMMANDS[argv[0]].sections()
+        built = settings_from_args(sections, build_parser().parse_args(argv))
+        assert built == {section.name: section.defaults[device] for section in sections}, argv
+    assert recipe_from_args(build_parser().parse_args(["train", "--output", "x"])) == dataclasses.replace(
+        default_recipe(device), output="x")
+
+
+def test_the_choices_of_each_literal_are_enforced(capsys):
+    for name, command in COMMANDS.items():
+        flags = setting_flags(name)
+        for section in command.sections():
+            hints = typing.get_type_hints(section.settings_class)
+            for item in fields(section.settings_class):
+                if typing.get_origin(hints[item.name]) is typing.Literal:
+                    choices = choices_of(section.settings_class, item.name)
+                    assert tuple(flags[section.name, item.name].choices) == choices, (name, item.name)
+    for args in (["--scheduler", "cosine-ish"], ["--template", "markdown"], ["--backend", "tpu"]):
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(["train", *args])
+        assert stopped.value.code == 2 and f"argument {args[0]}: invalid choice: '{args[1]}'" in capsys.readouterr().err
+
+
+def test_only_the_flags_given_are_settings_and_numbers_are_checked_against_their_range(capsys):
+    parse = build_parser().parse_args
+    assert given(parse(["train"])) == {}
+    flags = ["--seed", "5", "--no-fp8", "--max-steps", "0", "--target-modules", "q_proj,v_proj"]
+    assert given(parse(["train", *flags])) == {"train": {"seed": 5, "fp8_matmuls": False, "max_steps": None},
+                                               "lora": {"seed": 5, "target_modules": ("q_proj", "v_proj")}}
+    assert given(parse(["chat", "--decoder", "generate", "q"])) == {"generation": {"fast": False}}
+    for args, message in [(["train", "--lora-r", "0"], "argument --lora-r: must be between 1 and 256, not 0"),
+                          (["train", "--lr", "nan"], "argument --lr: must be a finite number, not nan"),
+                          (["eval", "--limit", "some"], "argument --limit: expected a number or all, got 'some'"),
+                          (["chat", "--decoder", "slow", "q"], "argument --decoder: invalid choice: 'slow'")]:
+        with pytest.raises(SystemExit):
+            parse(args)
+        assert message in capsys.readouterr().err
+
+
+def test_help_imports_no_torch_and_inference_is_an_alias_of_chat():
+    code = ("import sys\nfrom finetune.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['preview', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    quick = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert quick.stderr.strip().splitlines()[-1] == "False", quick.stderr
+    alias = run("inference", "--help", timeout=60)
+    assert alias.returncode == 0 and "usage: python -m finetune chat" in alias.stdout and "--decoder" in alias.stdout

@@ -3,7 +3,7 @@
 import pytest
 
 from finetune.train.job import TrainingJob
-from ui.dashboard import log_lines, loss_rows, optimizer_rows, progress_fraction, progress_line, smoothed
+from ui.presenters import log_lines, loss_rows, optimizer_rows, progress_fraction, progress_line, smoothed
 
 
 def step(n, loss, total=10, **extra):
@@ -47,7 +47,7 @@ def test_progress_line_while_running_after_a_stop_and_after_a_failure():
 
 
 def test_the_held_out_caption_names_the_rows_and_warns_only_for_the_bundled_sample():
-    from ui.eval_view import heldout_caption
+    from ui.presenters import heldout_caption
 
     own = heldout_caption({"source": {"dataset": "ward_notes.csv", "rows": 4}}, real_rows_offered=True)
     assert own == "Held out of this run: 4 rows of ward_notes.csv, never trained on."

@@ -129,14 +129,16 @@ def files_setup_sh_reads() -> set[str]:
     """setup.sh itself, the requirement files it names, and the package files its conversion imports."""
     text = SETUP.read_text()
     needed = {"scripts/setup.sh"} | set(re.findall(r"-[rc] (\S+\.txt)", text))
-    modules = re.findall(r"from (finetune\.\w+) import", text)
+    modules = re.findall(r"from (finetune(?:\.\w+)+) import", text)
     assert modules, "setup.sh no longer converts the embedded model: update this test"
     while modules:
         module = modules.pop()
-        path = module.replace(".", "/") + ".py"
+        package = module.replace(".", "/")
+        path = f"{package}/__init__.py" if (ROOT / package).is_dir() else f"{package}.py"
         if path in needed:
             continue
-        needed |= {path, module.split(".")[0] + "/__init__.py"}
+        parts = module.split(".")
+        needed |= {path} | {"/".join(parts[:depth]) + "/__init__.py" for depth in range(1, len(parts))}
         for node in ast.walk(ast.parse((ROOT / path).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("finetune."):
                 modules.append(node.module)

@@ -8,8 +8,7 @@ import finetune.evaluate.heldout as evaluation
 from finetune.data.sources import MCQ_FILE, SAMPLE_FILE, EvalItem
 from finetune.evaluate.heldout import EvalProgress, EvalSettings, evaluate, load_eval_items
 from finetune.train.job import TrainingJob
-from ui.dashboard import progress_line
-from ui.eval_view import eval_progress_line
+from ui.presenters import eval_progress_line, progress_line
 
 
 def phases(updates: list[EvalProgress]) -> list[tuple[str, str]]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from finetune.config import TrainSettings
-from finetune.train.fp8_matmul import FP8_MAX, fp8_worthwhile, prepare_row_scales
 from finetune.train import fp8_matmul
+from finetune.train.fp8_matmul import FP8_MAX, fp8_worthwhile, prepare_row_scales
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,13 +87,13 @@ def test_a_request_for_fp8_is_a_no_op_where_it_cannot_run(loaded):
 
 
 def test_fp8_is_set_from_the_command_line_and_recipes():
-    from finetune.__main__ import _settings, build_parser
+    from finetune.cli import build_parser, recipe_from_args
     from finetune.train.recipe import load_recipe
 
     parse = build_parser().parse_args
     seeds = str(ROOT / "recipes" / "seeds-r1-llama-8b-medical-o1.yaml")
     assert not load_recipe(seeds, "cuda").train.fp8_matmuls  # the seeds' notebook multiplies in 16 bits
-    assert _settings(parse(["train", "--config", seeds, "--fp8"])).train.fp8_matmuls
+    assert recipe_from_args(parse(["train", "--config", seeds, "--fp8"])).train.fp8_matmuls
     fast = str(ROOT / "recipes" / "fast-r1-qwen-1.5b-medical-o1.yaml")
     assert load_recipe(fast, "cuda").train.fp8_matmuls
-    assert not _settings(parse(["train", "--config", fast, "--no-fp8"])).train.fp8_matmuls
+    assert not recipe_from_args(parse(["train", "--config", fast, "--no-fp8"])).train.fp8_matmuls

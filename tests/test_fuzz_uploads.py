@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, event, example, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from app import VISITOR_ERRORS
 from finetune.config import DataSettings
 from finetune.data.prompts import tokenize_rows
 from finetune.data.sources import ColumnMap, DatasetError, eval_items, map_columns, to_examples
 from finetune.evaluate.heldout import load_eval_items
+from ui.errors import VISITOR_ERRORS
 from ui.preview import preview_dataset, read_dataset, read_upload
 
 MAX_LENGTH = 256  # tokens, as the app's Max length field: the preview and training text are cut here

@@ -57,6 +57,7 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     from finetune.data.prompts import prepare_dataset
     from finetune.generate.reply import GenerationSettings, stream_reply
     from finetune.models.load import load_model
+    from finetune.train.recipe import Recipe
     from finetune.train.trainer import start_training
 
     torch.cuda.reset_peak_memory_stats()
@@ -64,9 +65,13 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     assert loaded.info.backend == backend
     assert loaded.info.quantization.startswith("4-bit")
     source = os.environ.get("GPU_DATASET", "sample")
-    data = prepare_dataset(DataSettings(source=source, max_rows=120), loaded.tokenizer, max_length=1024)
-    train = TrainSettings(max_steps=10, max_length=1024)  # the seeds' recipe: 2 x 4, adamw_8bit, bf16
-    job = start_training(loaded, data, train, LoraSettings(), tmp_path / "run")
+    chosen = DataSettings(source=source, max_rows=120)
+    data = prepare_dataset(chosen, loaded.tokenizer, max_length=1024)
+
+    def recipe(train: TrainSettings, folder: str) -> Recipe:  # at the 1024 tokens the model was loaded for
+        return Recipe(loaded.settings, chosen, train, LoraSettings(), str(tmp_path / folder))
+
+    job = start_training(loaded, data, recipe(TrainSettings(max_steps=10), "run"))  # the seeds': 2 x 4, adamw_8bit
     assert job.wait(timeout=900), "training did not finish in 15 minutes"
     assert job.status == "done", job.error
     assert len(job.metrics) == 10
@@ -90,7 +95,7 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     fast_chat_peak = torch.cuda.max_memory_allocated() / 2**30
 
     # Chat, then train again: the fast decoder's 16-bit copy is dropped, and the new run trains.
-    again = start_training(loaded, data, TrainSettings(max_steps=3, max_length=1024), LoraSettings(), tmp_path / "r2")
+    again = start_training(loaded, data, recipe(TrainSettings(max_steps=3), "r2"))
     assert again.wait(timeout=600) and again.status == "done", again.error
     assert all(m["grad_norm"] > 0 for m in again.metrics)
     assert loaded.decoder is None
@@ -99,7 +104,7 @@ def test_backend_trains_and_streams(backend, random_r1_model, tmp_path):
     # Stop, then resume from the checkpoint written at the stop: the run ends at its planned step.
     from finetune.train.trainer import resume_training
 
-    stopped = start_training(loaded, data, TrainSettings(max_steps=6, max_length=1024), LoraSettings(), tmp_path / "r3")
+    stopped = start_training(loaded, data, recipe(TrainSettings(max_steps=6), "r3"))
     while len(stopped.metrics) < 2:
         time.sleep(0.05)
     stopped.stop()
@@ -211,6 +216,7 @@ def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
     from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
     from finetune.data.prompts import prepare_dataset
     from finetune.models.load import load_model
+    from finetune.train.recipe import Recipe
     from finetune.train.trainer import start_training
 
     tokenizer = AutoTokenizer.from_pretrained(os.environ.get("GPU_TOKENIZER_DIR", ROOT / ".gpu-carry" / "tokenizer"))
@@ -224,8 +230,9 @@ def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
     data = prepare_dataset(DataSettings(max_rows=64), loaded.tokenizer, max_length=1024)
     losses = {}
     for fp8 in (False, True):
-        job = start_training(loaded, data, TrainSettings.fast(max_steps=4, max_length=1024, fp8_matmuls=fp8),
-                             LoraSettings(), tmp_path / f"run-{fp8}")
+        train = TrainSettings.fast(max_steps=4, fp8_matmuls=fp8)
+        job = start_training(loaded, data, Recipe(loaded.settings, DataSettings(max_rows=64), train, LoraSettings(),
+                                                  str(tmp_path / f"run-{fp8}")))
         assert job.wait(timeout=600) and job.status == "done", job.error
         assert job.result["fp8_matmuls"] is fp8
         losses[fp8] = job.metrics[0]["loss"]  # the same model and rows: the first losses compare

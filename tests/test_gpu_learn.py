@@ -40,6 +40,7 @@ def test_the_fast_recipe_lowers_training_and_held_out_loss(replica: Path, tmp_pa
     from finetune.data.prompts import prepare_dataset
     from finetune.evaluate.heldout import EvalSettings, held_out_loss, load_eval_items
     from finetune.models.load import load_model
+    from finetune.train.recipe import Recipe
     from finetune.train.trainer import start_training
 
     torch.cuda.reset_peak_memory_stats()
@@ -52,7 +53,8 @@ def test_the_fast_recipe_lowers_training_and_held_out_loss(replica: Path, tmp_pa
     assert before is not None and tokens > 0
 
     started = time.perf_counter()
-    job = start_training(loaded, data, TrainSettings.fast(), LoraSettings(), tmp_path / "run")
+    job = start_training(loaded, data, Recipe(loaded.settings, DataSettings(), TrainSettings.fast(), LoraSettings(),
+                                              str(tmp_path / "run")))
     assert job.wait(timeout=1200), "the fast recipe did not finish in 20 minutes"
     train_s = time.perf_counter() - started
     assert job.status == "done", job.error

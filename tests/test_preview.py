@@ -9,7 +9,8 @@ from conftest import SHARED_SAMPLE, needs_shared
 from finetune.config import DataSettings
 from finetune.data.prompts import prepare_dataset
 from finetune.data.sources import DatasetError, read_source
-from ui.preview import length_histogram, preview_dataset, read_dataset, read_upload
+from ui.presenters import length_histogram
+from ui.preview import preview_dataset, read_dataset, read_upload
 
 
 def write_jsonl(path, rows):

@@ -163,7 +163,7 @@ def test_eos_label_survives_trl_s_collator(r1_tokenizer, tiny_r1_model, tmp_path
     examples = map_columns(read_upload(SHARED_SAMPLE), {}).examples[:2]
     prepared = tokenize_examples(r1_tokenizer, examples, "chat", max_length=4096)
     assert len({len(row.input_ids) for row in prepared.rows}) == 2  # one row is padded
-    args = build_sft_config(quick_train(max_steps=1, max_length=4096, micro_batch_size=2), tmp_path, "cpu", 1)
+    args = build_sft_config(quick_train(max_steps=1, micro_batch_size=2), 4096, tmp_path, "cpu", 1)
     trainer = ReasoningSFTTrainer(model=tiny_r1_model, args=args, train_dataset=prepared.to_hf_dataset(),
                                   processing_class=r1_tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))

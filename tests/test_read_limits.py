@@ -16,8 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from finetune.data.sources import DatasetError, ReadLimits, read_hub_dataset, read_records
 from finetune.data import sources as data_module
+from finetune.data.sources import DatasetError, ReadLimits, read_hub_dataset, read_records
 from finetune.evaluate.heldout import load_eval_items
 from ui.preview import read_upload
 

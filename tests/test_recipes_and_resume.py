@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import ROOT, quick_lora, quick_train
+from conftest import QUICK_LENGTH, ROOT, quick_lora, quick_recipe, quick_train
 
 from finetune.config import DataSettings
 from finetune.data.prompts import tokenize_rows
@@ -49,6 +49,7 @@ def test_a_recipe_sets_the_run_and_a_flag_given_wins(tmp_path):
     recipe = {
         "model": {"name": "embedded"},
         "data": {"source": "sample", "max_rows": 10, "holdout_rows": 0, "system_prompt": "Be brief."},
+        # max_length under train: where a recipe of before held it (it is model.max_length now)
         "train": {"max_steps": 2, "max_length": 128, "learning_rate": "3e-3", "micro_batch_size": 2,
                   "grad_accum_steps": 1, "optimizer": "adamw_torch", "warmup_steps": 0},
         "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"], "gradient_checkpointing": False},
@@ -60,12 +61,13 @@ def test_a_recipe_sets_the_run_and_a_flag_given_wins(tmp_path):
     assert result.returncode == 0, result.stderr
     record = read_record(tmp_path / "from-recipe")
     assert record["status"] == "done" and record["steps"] == 2
-    assert record["train"]["learning_rate"] == 3e-3 and record["train"]["max_length"] == 128
+    assert record["train"]["learning_rate"] == 3e-3 and record["dataset"]["stats"]["max_length"] == 128
     assert record["lora"]["r"] == 6 and record["lora"]["alpha"] == 8  # the flag won; the rest is the recipe's
     assert record["lora"]["target_modules"] == ["q_proj", "v_proj"]
     # The run folder's recipe.yaml repeats the run: the same settings, every field written out.
     saved = load_recipe(tmp_path / "from-recipe" / "recipe.yaml", "cpu")
     assert saved.lora.r == 6 and saved.data.system_prompt == "Be brief." and saved.train.max_steps == 2
+    assert saved.model.max_length == 128 and "max_length" not in recipe_dict(saved)["train"]
     assert set(recipe_dict(saved)["train"]) >= {"learning_rate", "save_steps", "eval_max_new_tokens"}
 
 
@@ -76,6 +78,8 @@ def test_a_recipe_sets_the_run_and_a_flag_given_wins(tmp_path):
     ("trainer: {}", "unknown section 'trainer'"),
     ("model: [embedded]", "section 'model' must be a mapping"),
     ("train: {max_steps: 2", "not valid YAML"),
+    ("{model: {max_length: 200}, train: {max_length: 300}}",  # an older recipe's length, and another
+     "train.max_length (300) and model.max_length (200) disagree"),
 ])
 def test_a_bad_recipe_names_the_setting(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -88,16 +92,16 @@ def test_a_bad_recipe_names_the_setting(tmp_path, text, message):
 
 def prepared(loaded):
     rows = map_columns(read_source("sample", max_rows=16))
-    return tokenize_rows(rows, DataSettings(), loaded.tokenizer, 160)
+    return tokenize_rows(rows, DataSettings(), loaded.tokenizer, QUICK_LENGTH)
 
 
 def test_a_stopped_run_resumes_where_it_stopped_with_the_same_losses(loaded, tmp_path):
     data, train, lora = prepared(loaded), quick_train(6, save_steps=100), quick_lora()
-    straight = start_training(loaded, data, train, lora, tmp_path / "straight")
+    straight = start_training(loaded, data, quick_recipe(loaded, tmp_path / "straight", train, lora))
     straight.wait(300)
     assert straight.status == "done"
 
-    job = start_training(loaded, data, train, lora, tmp_path / "stopped")
+    job = start_training(loaded, data, quick_recipe(loaded, tmp_path / "stopped", train, lora))
     while len(job.metrics) < 3:  # stop once step 3 has been logged: the run ends after a step
         time.sleep(0.05)
     job.stop()
@@ -163,7 +167,7 @@ def test_a_run_of_a_live_process_is_not_marked(tmp_path):
 def test_an_unwritable_output_folder_is_a_clear_error(loaded, tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(RunFolderError, match="Cannot write to the output folder .*a file is in the way"):
-        start_training(loaded, prepared(loaded), quick_train(2), quick_lora(), tmp_path / "a-file" / "run")
+        start_training(loaded, prepared(loaded), quick_recipe(loaded, tmp_path / "a-file" / "run", quick_train(2)))
     assert loaded.job is None  # nothing started
     result = cli("train", *SHORT, "--max-steps", "1", "--output", str(tmp_path / "a-file" / "run"))
     assert result.returncode == 2 and "Cannot write to the output folder" in result.stderr
@@ -203,20 +207,21 @@ def test_a_run_started_in_the_app_writes_a_recipe_that_repeats_it(tmp_path):
     workspace.load(ModelSettings())
     rows = map_columns(read_source("sample", max_rows=12))
     job = workspace.start_training(rows, DataSettings(system_prompt="Be brief."), quick_train(1), quick_lora(),
-                                   "from-app")
+                                   "from-app", max_length=QUICK_LENGTH)
     assert job.wait(120) and job.status == "done", job.error
     recipe = load_recipe(tmp_path / "runs" / "from-app" / "recipe.yaml", "cpu")
     # The rows come from the run's own copy: the recipe works after an upload is gone.
     assert load_examples(recipe.data.source, recipe.data.columns).examples == rows.examples
     assert (recipe.train.max_steps, recipe.lora.r, recipe.data.system_prompt) == (1, 8, "Be brief.")
     assert recipe.output == str(tmp_path / "runs" / "from-app") and recipe.model.name == "embedded"
+    assert recipe.model.max_length == QUICK_LENGTH  # the length the rows were cut at, the run's one length
 
 
 def test_a_flag_given_wins_even_when_it_says_the_default():
-    from finetune.__main__ import _settings, build_parser
+    from finetune.cli import build_parser, recipe_from_args
 
     demo = str(ROOT / "recipes" / "embedded-cpu-demo.yaml")  # holdout_rows: 8
     args = build_parser().parse_args(["train", "--config", demo, "--holdout", "0", "--output", "x"])
-    assert _settings(args).data.holdout_rows == 0
-    kept = _settings(build_parser().parse_args(["train", "--config", demo, "--lora-r", "4"]))
+    assert recipe_from_args(args).data.holdout_rows == 0
+    kept = recipe_from_args(build_parser().parse_args(["train", "--config", demo, "--lora-r", "4"]))
     assert kept.data.holdout_rows == 8 and kept.lora.r == 4 and kept.output == "runs/embedded-cpu-demo"

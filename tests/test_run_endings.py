@@ -4,7 +4,7 @@ import math
 import re
 
 import pytest
-from conftest import quick_lora, quick_train
+from conftest import QUICK_LENGTH, quick_recipe, quick_train
 
 from finetune.config import DataSettings, ModelSettings
 from finetune.data.prompts import tokenize_rows
@@ -12,7 +12,7 @@ from finetune.data.sources import map_columns, read_source
 from finetune.models.load import load_model
 from finetune.runs import list_runs, read_record
 from finetune.train.trainer import JobCallback, ReasoningSFTTrainer, resume_training, start_training
-from ui.dashboard import loss_rows
+from ui.presenters import loss_rows
 from ui.workspace import Workspace
 
 
@@ -23,7 +23,7 @@ def loaded():
 
 def prepared(loaded, rows=8, holdout=0):
     return tokenize_rows(map_columns(read_source("sample", max_rows=rows)), DataSettings(holdout_rows=holdout),
-                         loaded.tokenizer, 160)
+                         loaded.tokenizer, QUICK_LENGTH)
 
 
 def during_step(monkeypatch, step: int, action) -> None:
@@ -54,7 +54,7 @@ def poison_a_lora_weight(trainer) -> None:
 
 def test_a_run_whose_loss_turns_nan_fails_saying_so_and_keeps_nothing(loaded, tmp_path, monkeypatch):
     during_step(monkeypatch, 3, poison_a_lora_weight)
-    job = start_training(loaded, prepared(loaded), quick_train(8, save_steps=2), quick_lora(), tmp_path / "nan")
+    job = start_training(loaded, prepared(loaded), quick_recipe(loaded, tmp_path / "nan", quick_train(8, save_steps=2)))
     assert job.wait(timeout=300)
     assert job.status == "failed"
     assert job.error == ("The loss became NaN at step 4: training diverged. Lower the learning rate (now 0.002) "
@@ -74,7 +74,7 @@ def test_a_run_whose_loss_turns_nan_fails_saying_so_and_keeps_nothing(loaded, tm
 def test_a_nan_weight_caught_only_at_the_end_fails_the_run_too(loaded, tmp_path, monkeypatch):
     during_step(monkeypatch, 2, lambda trainer: (poison_a_lora_weight(trainer), job_of(trainer).stop()))
     monkeypatch.setattr(JobCallback, "on_log", lambda *args, **kwargs: None)  # the loss check is not there
-    job = start_training(loaded, prepared(loaded), quick_train(6), quick_lora(), tmp_path / "weights")
+    job = start_training(loaded, prepared(loaded), quick_recipe(loaded, tmp_path / "weights", quick_train(6)))
     assert job.wait(timeout=300) and job.status == "failed"
     assert re.match(r"The trained LoRA weight \S+lora_B\S+ became NaN or infinite by step 2: training diverged\.",
                     job.error), job.error
@@ -84,7 +84,7 @@ def test_a_nan_weight_caught_only_at_the_end_fails_the_run_too(loaded, tmp_path,
 def test_stop_during_the_last_step_leaves_a_finished_evaluated_run(loaded, tmp_path, monkeypatch):
     during_step(monkeypatch, 3, lambda trainer: job_of(trainer).stop())
     train = quick_train(3, eval_generate=False)
-    job = start_training(loaded, prepared(loaded, rows=10, holdout=2), train, quick_lora(), tmp_path / "last")
+    job = start_training(loaded, prepared(loaded, rows=10, holdout=2), quick_recipe(loaded, tmp_path / "last", train))
     assert job.wait(timeout=300) and job.status == "done", (job.status, job.error)
     assert "eval" in job.result and job.result["eval"]["finetuned"]["heldout_loss"] is not None
     record = read_record(tmp_path / "last")
@@ -94,6 +94,6 @@ def test_stop_during_the_last_step_leaves_a_finished_evaluated_run(loaded, tmp_p
 
 def test_stop_before_the_last_step_still_leaves_a_resumable_stopped_run(loaded, tmp_path, monkeypatch):
     during_step(monkeypatch, 2, lambda trainer: job_of(trainer).stop())
-    job = start_training(loaded, prepared(loaded), quick_train(6), quick_lora(), tmp_path / "middle")
+    job = start_training(loaded, prepared(loaded), quick_recipe(loaded, tmp_path / "middle", quick_train(6)))
     assert job.wait(timeout=300) and job.status == "stopped", job.error
     assert [run.resumable for run in list_runs(tmp_path)] == [True]

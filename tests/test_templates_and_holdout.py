@@ -28,7 +28,7 @@ from finetune.data.sources import (
     read_source,
 )
 from finetune.data.think import split_think
-from finetune.models.adapters import run_template
+from finetune.runs import run_template
 from finetune.train.recipe import RecipeError, default_recipe, with_changes
 from ui.preview import preview_dataset
 

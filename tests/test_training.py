@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import lora_b_weights, mean_loss, quick_lora, quick_train
+from conftest import QUICK_LENGTH, lora_b_weights, mean_loss, quick_recipe, quick_train
 
 from finetune.config import DataSettings, ModelSettings
 from finetune.data.prompts import prepare_dataset
@@ -19,7 +19,7 @@ GREEDY = GenerationSettings(max_new_tokens=24, temperature=0.0)
 QUESTION = "A 30-year-old woman has palpitations, weight loss and a fine tremor. What test comes first?"
 
 
-def sample(tokenizer, rows=24, max_length=160):
+def sample(tokenizer, rows=24, max_length=QUICK_LENGTH):
     return prepare_dataset(DataSettings(source="sample", max_rows=rows), tokenizer, max_length)
 
 
@@ -31,7 +31,7 @@ def trained_run(tmp_path_factory):
     base_reply = generate_reply(loaded, QUESTION, GREEDY)
     before = mean_loss(loaded.model, data.rows[:8])
     output = tmp_path_factory.mktemp("run")
-    job = start_training(loaded, data, quick_train(10), quick_lora(), output)
+    job = start_training(loaded, data, quick_recipe(loaded, output, quick_train(10)))
     assert job.wait(timeout=600)
     return loaded, data, job, output, before, base_reply
 
@@ -87,7 +87,7 @@ def test_saved_adapter_reloads_and_changes_the_output(trained_run):
 
 
 def test_stop_ends_after_the_current_step_and_keeps_the_adapter(loaded, tmp_path):
-    job = start_training(loaded, sample(loaded.tokenizer, 8, 144), quick_train(200), quick_lora(), tmp_path)
+    job = start_training(loaded, sample(loaded.tokenizer, 8, 144), quick_recipe(loaded, tmp_path, quick_train(200)))
     next(job.follow())  # the first step is done
     job.stop()
     assert job.wait(timeout=120)
@@ -98,10 +98,10 @@ def test_stop_ends_after_the_current_step_and_keeps_the_adapter(loaded, tmp_path
 
 def test_second_start_is_busy_and_chat_waits(loaded, tmp_path):
     data = sample(loaded.tokenizer, 8, 144)
-    job = start_training(loaded, data, quick_train(200), quick_lora(), tmp_path / "a")
+    job = start_training(loaded, data, quick_recipe(loaded, tmp_path / "a", quick_train(200)))
     try:
         with pytest.raises(TrainingBusy, match=r"busy: a training job is already running \(step \d+/200\)") as err:
-            start_training(loaded, data, quick_train(5), quick_lora(), tmp_path / "b")
+            start_training(loaded, data, quick_recipe(loaded, tmp_path / "b", quick_train(5)))
         assert err.value.job is job
         with pytest.raises(ModelBusy):
             generate_reply(loaded, QUESTION, GREEDY)
@@ -111,9 +111,8 @@ def test_second_start_is_busy_and_chat_waits(loaded, tmp_path):
 
 
 def test_failed_run_reports_why_and_the_model_still_answers(loaded, tmp_path):
-    job = start_training(
-        loaded, sample(loaded.tokenizer, 4, 144), quick_train(2, optimizer="no_such_optimizer"), quick_lora(), tmp_path
-    )
+    recipe = quick_recipe(loaded, tmp_path, quick_train(2, optimizer="no_such_optimizer"))
+    job = start_training(loaded, sample(loaded.tokenizer, 4, 144), recipe)
     assert job.wait(timeout=120)
     assert job.status == "failed" and "no_such_optimizer" in job.error
     assert generate_reply(loaded, QUESTION, GREEDY).answer
@@ -123,7 +122,7 @@ def test_failed_run_reports_why_and_the_model_still_answers(loaded, tmp_path):
 def test_chat_then_train_updates_every_lora_layer(four_bit, tmp_path):
     loaded = load_model(ModelSettings(load_in_4bit=four_bit))
     generate_reply(loaded, QUESTION, GREEDY)  # on CPU, 4-bit weights get repacked for inference here
-    job = start_training(loaded, sample(loaded.tokenizer, 4, 144), quick_train(2), quick_lora(), tmp_path)
+    job = start_training(loaded, sample(loaded.tokenizer, 4, 144), quick_recipe(loaded, tmp_path, quick_train(2)))
     assert job.wait(timeout=300) and job.status == "done", job.error
     weights = lora_b_weights(loaded.model)  # LoRA B starts at zero: non-zero means it got gradients
     assert weights and all(w.abs().sum() > 0 for w in weights.values()), [n for n, w in weights.items() if not w.any()]
@@ -133,7 +132,7 @@ def test_chat_then_train_updates_every_lora_layer(four_bit, tmp_path):
 def test_second_run_starts_from_a_fresh_adapter(loaded, tmp_path):
     data = sample(loaded.tokenizer, 4, 144)
     for name in ("first", "second"):
-        job = start_training(loaded, data, quick_train(1), quick_lora(), tmp_path / name)
+        job = start_training(loaded, data, quick_recipe(loaded, tmp_path / name, quick_train(1)))
         assert job.wait(timeout=120) and job.status == "done", job.error
     adapters = list(loaded.model.peft_config)
     assert adapters == ["default"]
@@ -144,7 +143,7 @@ def test_empty_dataset_is_refused(loaded, tmp_path):
     data = sample(loaded.tokenizer, 4, 144)
     data.rows = []
     with pytest.raises(ValueError, match="no rows left to train on"):
-        start_training(loaded, data, quick_train(1), quick_lora(), tmp_path)
+        start_training(loaded, data, quick_recipe(loaded, tmp_path, quick_train(1)))
 
 
 def test_lora_weights_are_trainable_only(trained_run):
@@ -159,16 +158,19 @@ import sys
 from finetune.models.backend import import_unsloth_first
 import_unsloth_first()
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings
-from ui.dashboard import log_lines
+from ui.presenters import log_lines
 from finetune.data.prompts import prepare_dataset
 from finetune.models.load import load_model
+from finetune.train.recipe import Recipe
 from finetune.train.trainer import start_training
 
-loaded = load_model(ModelSettings())
-data = prepare_dataset(DataSettings(source="sample", max_rows=5, holdout_rows=1), loaded.tokenizer, 128)
+loaded = load_model(ModelSettings(max_length=128))
+settings = DataSettings(source="sample", max_rows=5, holdout_rows=1)
+data = prepare_dataset(settings, loaded.tokenizer, 128)
 train = TrainSettings(micro_batch_size=2, grad_accum_steps=1, warmup_steps=0, max_steps=2, optimizer="adamw_torch",
-                      max_length=128, eval_max_new_tokens=2)
-job = start_training(loaded, data, train, LoraSettings(r=8, alpha=16, gradient_checkpointing=False), sys.argv[1])
+                      eval_max_new_tokens=2)
+lora = LoraSettings(r=8, alpha=16, gradient_checkpointing=False)
+job = start_training(loaded, data, Recipe(loaded.settings, settings, train, lora, sys.argv[1]))
 job.wait(timeout=400)
 print(log_lines(job))
 """

@@ -6,7 +6,7 @@ import time
 from dataclasses import fields
 
 import pytest
-from conftest import quick_lora, quick_train
+from conftest import QUICK_LENGTH, quick_lora, quick_train
 
 import app
 from finetune.bounds import Range, TextLimits, number_from, range_of, text_from
@@ -42,7 +42,7 @@ def test_the_forms_widgets_take_their_ranges_from_the_settings(tmp_path):
                               "learning_rate"), ("Seed", TrainSettings, "seed"), ("LoRA dropout", LoraSettings,
                               "dropout"), ("Micro-batch size", TrainSettings, "micro_batch_size"),
                              ("Max new tokens (reasoning included)", GenerationSettings, "max_new_tokens"),
-                             ("Max length (tokens)", TrainSettings, "max_length")]:
+                             ("Max length (tokens)", ModelSettings, "max_length")]:
         bound = range_of(cls, name)
         assert (widgets[label].minimum, widgets[label].maximum) == (bound.low, bound.high), label
 
@@ -107,7 +107,7 @@ def test_two_starts_at_once_never_cross_their_runs(workspace, monkeypatch):
     def press_start(visitor):
         try:
             outcomes[visitor] = workspace.start_training(datasets[visitor], DataSettings(), quick_train(1),
-                                                         quick_lora(), "same-name")
+                                                         quick_lora(), "same-name", max_length=QUICK_LENGTH)
         except WorkspaceError as err:
             outcomes[visitor] = err
 
@@ -130,7 +130,7 @@ def test_two_starts_at_once_never_cross_their_runs(workspace, monkeypatch):
 def test_automatic_run_names_never_collide(workspace, monkeypatch):
     monkeypatch.setattr(time, "strftime", lambda pattern: "run-fixed")
     (workspace.runs_dir / "run-fixed").mkdir(parents=True)  # another visitor's, this very second
-    job = workspace.start_training(rows(4), DataSettings(), quick_train(1), quick_lora())
+    job = workspace.start_training(rows(4), DataSettings(), quick_train(1), quick_lora(), max_length=QUICK_LENGTH)
     assert job.wait(timeout=300) and job.output_dir.endswith("run-fixed-2")
     assert not any((workspace.runs_dir / "run-fixed").iterdir())
 
@@ -138,7 +138,7 @@ def test_automatic_run_names_never_collide(workspace, monkeypatch):
 def test_a_refused_start_leaves_nothing_on_disk(workspace):
     before = set(workspace.runs_dir.glob("**/*")) if workspace.runs_dir.exists() else set()
     with pytest.raises(ValueError, match="no rows left to train on"):  # refused after its folder was reserved
-        workspace.start_training(rows(4), DataSettings(), quick_train(1, max_length=16), quick_lora(), "too-short")
+        workspace.start_training(rows(4), DataSettings(), quick_train(1), quick_lora(), "too-short", max_length=16)
     assert not (workspace.runs_dir / "too-short").exists()
     with pytest.raises(WorkspaceError, match="exists already"):
         (workspace.runs_dir / "taken").mkdir(parents=True)

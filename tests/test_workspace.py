@@ -1,13 +1,15 @@
 """The shared workspace of the app: one model, one run at a time, clear refusals, stop that saves."""
 
 import pytest
-from conftest import SHARED_SAMPLE, needs_shared, quick_lora, quick_train
+from conftest import QUICK_LENGTH, SHARED_SAMPLE, needs_shared, quick_lora, quick_train
 
 from finetune.config import DataSettings, ModelSettings
 from finetune.data.sources import map_columns, read_source
 from finetune.evaluate.heldout import EvalSettings
 from finetune.generate.reply import GenerationSettings, ModelBusy
+from finetune.runs import RunFolder
 from finetune.train.job import TrainingBusy
+from finetune.train.recipe import load_recipe
 from ui.workspace import Workspace, WorkspaceError
 
 
@@ -30,7 +32,8 @@ def test_start_without_a_model_or_a_dataset_says_which_is_missing(tmp_path, work
 
 
 def test_one_run_at_a_time_and_no_model_swap_or_chat_during_it(workspace):
-    job = workspace.start_training(sample_rows(), DataSettings(), quick_train(200), quick_lora(), "first")
+    job = workspace.start_training(sample_rows(), DataSettings(), quick_train(200), quick_lora(), "first",
+                                   max_length=QUICK_LENGTH)
     try:
         with pytest.raises(TrainingBusy, match="busy: a training job is already running"):
             workspace.start_training(sample_rows(), DataSettings(), quick_train(), quick_lora(), "second")
@@ -49,15 +52,19 @@ def test_run_names_cannot_leave_the_runs_folder(workspace):
     job = workspace.start_training(sample_rows(4), DataSettings(), quick_train(1), quick_lora(), "../../etc/x y")
     assert job.wait(timeout=300) and job.status == "done", job.error
     assert job.output_dir == str(workspace.runs_dir / "etc-x-y")
+    # No max length given: the run's is the one the model was loaded for.
+    recipe = load_recipe(RunFolder(job.output_dir).recipe, "cpu")
+    assert recipe.model.max_length == workspace.loaded.settings.max_length == 2048
 
 
 def test_chat_prompts_the_way_the_adapter_was_trained(workspace):
-    job = workspace.start_training(sample_rows(4), DataSettings(template="plain"), quick_train(1), quick_lora())
+    job = workspace.start_training(sample_rows(4), DataSettings(template="plain"), quick_train(1), quick_lora(),
+                                   max_length=QUICK_LENGTH)
     assert job.wait(timeout=300) and job.status == "done", job.error
     settings = GenerationSettings(max_new_tokens=6, temperature=0.0, template="auto")
-    final = list(workspace.chat("What is sepsis?", settings, panes=("tuned",)))[-1]
+    final = list(workspace.chat("What is sepsis?", settings, panes=("finetuned",)))[-1]
     # The ### template's prompt ends inside "### Thinking Process:", so the reply opens in a bubble.
-    assert final["tuned"][0]["metadata"]["title"] == "Reasoning"
+    assert final["finetuned"][0]["metadata"]["title"] == "Reasoning"
 
 
 def test_a_failed_load_keeps_the_model_in_use(workspace, tmp_path):
@@ -89,7 +96,7 @@ def test_stop_ends_only_this_visitors_reply_and_skips_the_pane_not_started(works
     final = updates[-1]
     # the pane whose turn never came says so, rather than staying blank
     assert final["base"][-1]["content"] == STOPPED
-    assert final["tuned"] == [{"role": "assistant", "content": NOT_STARTED}]
+    assert final["finetuned"] == [{"role": "assistant", "content": NOT_STARTED}]
     assert len(updates) < 15  # it ended within a few tokens of the Stop
 
 

@@ -15,6 +15,7 @@ import pydantic
 from gradio.components.chatbot import ChatbotDataMessages
 
 from finetune.bounds import Range, number_from, shorten, text_from
+from finetune.config import TEMPLATE_LABELS
 
 
 def _refuse(err: Exception) -> gr.Error:
@@ -101,6 +102,17 @@ def radio_field(choices, **kwargs) -> gr.Radio:
     field = gr.Radio(choices, **kwargs)
     field.optional = False
     return _check_with(field, _choice)
+
+
+def labelled(labels: dict) -> list[tuple[str, object]]:
+    """A widget's (label, value) choices from one of finetune.config's tables of value -> label."""
+    return [(label, value) for value, label in labels.items()]
+
+
+def prompt_template_field(**kwargs) -> gr.Radio:
+    """How chat and evaluation prompt the model: as its run was trained ('auto'), or with a template named."""
+    return radio_field([("Same as training", "auto"), *labelled(TEMPLATE_LABELS)], value="auto",
+                       label="Prompt template", **kwargs)
 
 
 def chat_pane(**kwargs) -> gr.Chatbot:

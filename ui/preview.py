@@ -1,7 +1,7 @@
 """What a dataset will become, shown before anything trains: rows, mapping, exact text, lengths.
 
 `read_upload` checks an uploaded file once (type, size) and reads it; `preview_dataset` maps and
-tokenizes it the way a run will, and summarizes it for a person.
+tokenizes it the way a run will (ui.presenters says it in words and bins its lengths).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from finetune.data.sources import (
     map_columns,
     read_source,
 )
+from ui.presenters import dataset_summary, length_histogram
 
 MAX_UPLOAD_MB = 50
 
@@ -76,30 +77,8 @@ class DatasetPreview:
     all rows."""
 
     def summary(self) -> str:
-        mapped = ", ".join(f"{role} ← `{column}`" for role, column in self.mapping.items())
-        lines = [f"**{self.name}**: {self.rows} rows; {mapped}."]
-        if self.holdout_error:
-            lines.append(f"**{_sentence(self.holdout_error)}**")
-        elif self.holdout is not None:
-            lines.append(self.holdout.summary)
-            if self.holdout.warning:
-                lines.append(f"**{_sentence(self.holdout.warning)}**")
-        if self.stats is None:
-            lines.append("Load a model to see the exact training text and token lengths.")
-            return "\n\n".join(lines)
-        s = self.stats
-        lines.append(
-            f"Tokens per row: median {s.median:g}, 95th percentile {s.p95}, max {s.max}; "
-            f"{s.trained_tokens:,} trained tokens in all."
-        )
-        lines.append(
-            f"**{s.truncated} of {s.rows} rows are longer than {s.max_length} tokens and will be truncated**"
-            if s.truncated
-            else f"No row is longer than the max length ({s.max_length} tokens)."
-        )
-        if s.dropped:
-            lines.append(f"**{s.dropped} rows are left out**: their prompt alone fills the max length.")
-        return "\n\n".join(lines)
+        """In words, as the Dataset tab shows it (`ui.presenters.dataset_summary`)."""
+        return dataset_summary(self)
 
 
 def preview_dataset(
@@ -126,20 +105,3 @@ def preview_dataset(
     preview.stats = prepared.stats
     preview.histogram = length_histogram(prepared.lengths, max_length)
     return preview
-
-
-def _sentence(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
-def length_histogram(lengths: list[int], max_length: int, bins: int = 8) -> list[dict]:
-    """Rows per token-length bin up to max_length, plus one bin of the rows that will be truncated."""
-    width = -(-max_length // bins)
-    counts = [0] * (bins + 1)
-    for length in lengths:
-        counts[bins if length > max_length else min((max(length, 1) - 1) // width, bins - 1)] += 1
-    labels = [f"{i * width + 1}–{min((i + 1) * width, max_length)}" for i in range(bins)] + [f"> {max_length}"]
-    return [
-        {"tokens": label, "rows": count, "fits": "truncated" if i == bins else "fits"}
-        for i, (label, count) in enumerate(zip(labels, counts, strict=True))
-    ]

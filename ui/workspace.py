@@ -25,16 +25,27 @@ from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSett
 from finetune.data.prompts import PreparedDataset, tokenize_rows
 from finetune.data.sources import MCQ_FILE, READ_LIMITS, SAMPLE_FILE, DatasetError, LoadedRows, ReadLimits, write_rows
 from finetune.evaluate.estimate import DecodeRate, estimate_line, guessed_rate, measured_rate
-from finetune.evaluate.heldout import EvalReport, EvalSettings
+from finetune.evaluate.heldout import MODELS, EvalProgress, EvalReport, EvalSettings, evaluate, load_eval_items
 from finetune.generate.chat import ChatRuns, stream_chat
 from finetune.generate.reply import GenerationSettings
-from finetune.models.adapters import read_run_template, run_template
+from finetune.hub import push_folder
+from finetune.models.adapters import load_adapter
 from finetune.models.download import Progress
 from finetune.models.load import LoadedModel, ModelInfo, load_model, release_memory
-from finetune.runs import RunSummary, disk_error, list_runs, mark_abandoned_runs, read_record
+from finetune.runs import (
+    RunFolder,
+    RunSummary,
+    disk_error,
+    list_runs,
+    mark_abandoned_runs,
+    read_record,
+    read_run_template,
+    run_folder,
+    run_template,
+)
 from finetune.train.job import TrainingBusy, TrainingJob
-from finetune.train.recipe import Recipe
-from ui.eval_view import flattery_note
+from finetune.train.recipe import Recipe, RecipeError, load_recipe
+from ui.presenters import eval_progress_line, flattery_note
 
 
 class WorkspaceError(RuntimeError):
@@ -114,8 +125,10 @@ class Workspace:
         train: TrainSettings,
         lora: LoraSettings,
         run_name: str = "",
+        max_length: int | None = None,
     ) -> TrainingJob:
-        """Start a run on the loaded model; refuses clearly with no model, no data, or a run going on.
+        """Start a run on the loaded model, its rows cut at `max_length` tokens (None: the length the model was
+        loaded for); refuses clearly with no model, no data, or a run going on.
 
         Two visitors pressing Start at once: one starts, the other is told a run is starting. The run
         folder is reserved (created, never reused) before anything is written into it, and removed
@@ -124,6 +137,7 @@ class Workspace:
         if rows is None:
             raise WorkspaceError("No dataset: pick a preset or upload a file in the Dataset tab first.")
         self._check_system_prompt(data.system_prompt)
+        model = replace(loaded.settings, max_length=loaded.settings.max_length if max_length is None else max_length)
         if not self._starting.acquire(blocking=False):
             raise WorkspaceError("Another visitor is starting a run right now; watch it below, or wait for it to end.")
         try:
@@ -131,19 +145,15 @@ class Workspace:
                 raise TrainingBusy(self.job)
             from finetune.train.trainer import start_training  # TRL and PEFT load on first use, not at app start
 
-            prepared = self.prepare(rows, data, train.max_length)
-            output_dir = self._reserve_run_folder(run_name)
+            prepared = self.prepare(rows, data, model.max_length)
+            run = RunFolder(self._reserve_run_folder(run_name))
             try:
                 # The run keeps its own copy of the rows, so its recipe.yaml repeats it after the upload is gone.
-                copy = output_dir / "dataset.jsonl"
-                write_rows(rows.rows, copy)
-                data = replace(data, source=str(copy), columns=rows.mapping.as_dict())
-                recipe = Recipe(replace(loaded.settings, max_length=train.max_length), data, train, lora,
-                                str(output_dir))
-                self.job = start_training(loaded, prepared, train, lora, output_dir, recipe)
-                self.job.holdout = prepared.holdout
+                write_rows(rows.rows, run.dataset)
+                data = replace(data, source=str(run.dataset), columns=rows.mapping.as_dict())
+                self.job = start_training(loaded, prepared, Recipe(model, data, train, lora, str(run.path)))
             except BaseException:
-                shutil.rmtree(output_dir, ignore_errors=True)
+                shutil.rmtree(run.path, ignore_errors=True)
                 raise
             self.trained_template = prepared.template
             return self.job
@@ -214,10 +224,10 @@ class Workspace:
     def resume_training(self, run_name: str) -> TrainingJob:
         """Continue a stopped or interrupted run from its last checkpoint, on the loaded model."""
         loaded = self.require_model()
-        from finetune.train.trainer import resume_training
+        from finetune.train.trainer import resume_training  # TRL and PEFT: on first use, not at start
 
         run_dir = self.runs_dir / _safe_name(run_name)
-        if not run_name or not (run_dir / "run.json").is_file():
+        if not run_name or not RunFolder(run_dir).is_run():
             raise WorkspaceError("Pick a run to resume (one that was stopped or interrupted).")
         if not self._starting.acquire(blocking=False):
             raise WorkspaceError("Another visitor is starting a run right now; watch it below, or wait for it to end.")
@@ -234,7 +244,7 @@ class Workspace:
         self,
         question: str,
         settings: GenerationSettings,
-        panes: Sequence[str] = ("base", "tuned"),
+        panes: Sequence[str] = ("base", "finetuned"),
         histories: dict[str, Sequence[tuple[str, str]]] | None = None,
         visitor: str = "",
         replies: dict | None = None,
@@ -282,8 +292,6 @@ class Workspace:
     def adapter_run(self) -> str | None:
         """The run whose saved adapter is on the loaded model, which chat's fine-tuned pane answers with; None
         with no adapter, or one no run has saved yet (a run in progress, or one that failed)."""
-        from finetune.models.adapters import run_folder
-
         loaded = self.loaded
         if loaded is None or not loaded.has_adapter or loaded.adapter_dir is None:
             return None
@@ -329,7 +337,7 @@ class Workspace:
     def _heldout_file(self) -> Path | None:
         if self.job is None or self.job.running:
             return None
-        path = Path(self.job.output_dir) / "heldout.jsonl"
+        path = RunFolder(self.job.output_dir).heldout
         return path if path.is_file() else None
 
     def evaluate(
@@ -337,9 +345,6 @@ class Workspace:
     ) -> Iterator[tuple[str, EvalReport | None]]:
         """Evaluate base and fine-tuned in a worker thread; yield (progress line, None) about twice a
         second, then (summary line, report). `stop_evaluation(visitor)` ends it early."""
-        from finetune.evaluate.heldout import EvalProgress, evaluate, load_eval_items
-        from ui.eval_view import eval_progress_line
-
         loaded = self.require_model()
         if self.training:
             raise WorkspaceError("A training run is going on; evaluate when it ends or is stopped.")
@@ -414,8 +419,6 @@ class Workspace:
 
     def evaluation_estimate(self, source: str, upload: str | None, limit: int | None, max_new_tokens: int) -> str:
         """About how long `evaluate` would take with these choices, as one line (why not, when it cannot)."""
-        from finetune.evaluate.heldout import MODELS, load_eval_items
-
         loaded = self.loaded
         if loaded is None:
             return "Load a model to see about how long an evaluation takes on this machine."
@@ -438,11 +441,11 @@ class Workspace:
 
     def exportable_runs(self) -> list[str]:
         """Runs with a saved adapter, newest first."""
-        return [run.name for run in self.runs() if (run.folder / "adapter" / "adapter_config.json").is_file()]
+        return [run.name for run in self.runs() if RunFolder(run.folder).has_adapter()]
 
     def export(self, fmt: str, name: str = "", run_name: str = "") -> Path:
         """Write a run's adapter (default: the one on the loaded model) in `fmt` to a new folder under exports/."""
-        from finetune.export.save import export_model
+        from finetune.export.save import export_model  # the GGUF writer (numpy, gguf): on the first export only
 
         loaded = self.require_model()
         if self.training:
@@ -463,11 +466,9 @@ class Workspace:
         """Put a run's saved adapter on the loaded model (also what chat's fine-tuned pane then answers with).
 
         `wait=False` refuses, instead of waiting, while a reply or an export holds the model."""
-        from finetune.models.adapters import load_adapter
-
         loaded = self.require_model()
-        adapter = run_dir / "adapter"
-        if not (adapter / "adapter_config.json").is_file():
+        adapter = RunFolder(run_dir).adapter
+        if not RunFolder(run_dir).has_adapter():
             raise WorkspaceError(f"{run_dir.name} has no saved adapter: pick a run that finished or was stopped.")
         record = read_record(run_dir)
         trained_on = record.get("model", {}).get("name")
@@ -495,8 +496,6 @@ class Workspace:
 
     def push(self, export_name: str, repo_id: str, token: str | None, private: bool = True) -> str:
         """Upload one export folder to the Hub; the token is used for this call only and kept nowhere."""
-        from finetune.hub import push_folder
-
         name = _safe_name(export_name or "")
         folder = self.exports_dir / name
         if not name or not folder.is_dir():  # no name would be exports/ itself
@@ -523,12 +522,10 @@ class Workspace:
     def running_recipe(self) -> Recipe | None:
         """The settings of the run going on (as its Start or Resume set them), for a page opened meanwhile;
         None when no run is going on or its recipe cannot be read."""
-        from finetune.train.recipe import RecipeError, load_recipe
-
         if not self.training:
             return None
         try:  # the file names every field, so the device's defaults under it do not show through
-            return load_recipe(Path(self.job.output_dir) / "recipe.yaml", "cpu")
+            return load_recipe(RunFolder(self.job.output_dir).recipe, "cpu")
         except RecipeError:
             return None
 

@@ -221,7 +221,7 @@ class PreparedDataset:
     """How the rows were split (held out, left to train, any warning); None for rows tokenized as they are."""
 
     def to_hf_dataset(self):
-        from datasets import Dataset
+        from datasets import Dataset  # heavy (pyarrow): only when a run starts
 
         return Dataset.from_dict(
             {"input_ids": [row.input_ids for row in self.rows], "labels": [row.labels for row in self.rows]}

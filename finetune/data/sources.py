@@ -414,7 +414,7 @@ beyond the limits, whatever its metadata says."""
 
 
 def _read_parquet(path: Path, tally: _Tally) -> list[dict]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: only for Parquet and Arrow files
 
     try:
         with _parquet_errors(path):
@@ -430,7 +430,7 @@ def _read_parquet(path: Path, tally: _Tally) -> list[dict]:
 
 
 def _table_rows(table, name: str) -> list[dict]:
-    import pyarrow as pa
+    import pyarrow as pa  # heavy: only for Parquet and Arrow files
 
     rows: list[dict] = [{} for _ in range(table.num_rows)]
     for column, values in zip(table.column_names, table.columns, strict=True):
@@ -448,8 +448,8 @@ def _table_rows(table, name: str) -> list[dict]:
 
 def _read_parquet_table(path: Path, tally: _Tally):
     """The file as an Arrow table, refused by its metadata before any data is read, then batch by batch."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # heavy: only for Parquet and Arrow files
+    import pyarrow.parquet as pq  # heavy, as above
 
     with pq.ParquetFile(path) as parquet:  # not pq.read_table: it fails on a repeated column name
         names = parquet.schema_arrow.names  # decoded here: a damaged file's names may not be UTF-8
@@ -500,8 +500,8 @@ def _parquet_errors(path: Path) -> Iterator[None]:
 def _text_length(array) -> int:
     """Characters of text (bytes of binary) in an Arrow array or chunked array, nested values included,
     counted without making Python objects of them."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # heavy: only for Parquet and Arrow files
+    import pyarrow.compute as pc  # heavy, as above
 
     if isinstance(array, pa.ChunkedArray):
         return sum(_text_length(chunk) for chunk in array.chunks)
@@ -523,8 +523,8 @@ def _text_length(array) -> int:
 
 def _lengths(array):
     """Each value's length, for an array of text or bytes; None for any other."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import pyarrow as pa  # heavy: only for Parquet and Arrow files
+    import pyarrow.compute as pc  # heavy, as above
 
     kind = array.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
@@ -547,7 +547,7 @@ def read_hub_dataset(repo: str, config: str | None, split: str, limits: ReadLimi
             "(offline?); a dataset downloaded earlier loads with HF_HUB_OFFLINE=1, or use a local file"
         )
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # heavy: only for a Hub dataset
 
         dataset = load_dataset(repo, config, split=split)
     except Exception as err:

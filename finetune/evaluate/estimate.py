@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 WEIGHT_READ_GB_PER_S = {"cuda": 1000.0, "cpu": 10.0}
 """Memory speed a token's pass over the weights reaches, by device: batch-1 decoding reads every weight
-once per token. CPU: the embedded 135M model (0.54 GB in float32) decodes at 16-20 tokens/s on two cores
-(docs/benchmarks.md)."""
+once per token. CPU: what the embedded 135M model (0.54 GB in float32) decodes at on two cores
+(docs/benchmarks.md, "CPU")."""
 TOKENS_PER_S_CAP = {"cuda": 30.0, "cpu": 60.0}
-"""Per-token overheads bound small models: transformers' generate on a GPU ran at 21-44 tokens/s for both
-a 1.5B and an 8B model in 4-bit (docs/benchmarks.md), bound by kernel launches, not by the weights."""
+"""Per-token overheads bound small models: transformers' generate on a GPU ran about as fast for a 1.5B as
+for an 8B model in 4-bit (docs/benchmarks.md, "Chat"), bound by kernel launches, not by the weights."""
 
 
 @dataclass(frozen=True)

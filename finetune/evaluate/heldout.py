@@ -1,7 +1,7 @@
 """What fine-tuning changed, measured on rows the model never trained on: base vs fine-tuned.
 
     items = load_eval_items("../shared/data/medical_o1_sample.jsonl", limit=20)
-    report = evaluate(loaded, items, EvalSettings(), on_update=lambda p: print(eval_progress_line(p)))  # eval_view
+    report = evaluate(loaded, items, EvalSettings(), on_update=lambda p: print(eval_progress_line(p)))  # ui.presenters
     report.metrics["base"]["format_adherence"], report.metrics["finetuned"]["mcq_accuracy"]
 
 Measures, for the model with its adapter off ("base") and on ("finetuned"):
@@ -16,21 +16,25 @@ seed, so a run repeats exactly and base and fine-tuned see the same random numbe
 
 While it runs, `evaluate` reports an `EvalProgress` (the phase under way, answers done, tokens written
 within the batch being generated, time left from the rates measured so far) a few times a second;
-`ui.eval_view.eval_progress_line` says it in words for the Train and Evaluate tabs.
+`ui.presenters.eval_progress_line` says it in words for the Train and Evaluate tabs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import torch
+
 from finetune.bounds import SEED_MAX, check_ranges, ranged
-from finetune.config import EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE
+from finetune.config import ADAPTER_ON, EVAL_MAX_NEW_TOKENS, MAX_LENGTH_RANGE, Side
 from finetune.data.prompts import (
     IGNORE_INDEX,
     build_prompt,
@@ -51,11 +55,13 @@ from finetune.data.sources import (
     to_examples,
 )
 from finetune.data.think import split_think
+from finetune.generate.reply import StopOnEvent, check_room
+from finetune.models.adapters import adapter_switched
 from finetune.models.load import LoadedModel
 
-MODELS = {"base": False, "finetuned": True}
+MODELS = ADAPTER_ON
 """Name in the report -> whether the LoRA adapter is on."""
-ModelName = Literal["base", "finetuned"]
+ModelName = Side
 EvalPhase = Literal["loss", "answers"]
 """What an evaluation is doing: scoring the reference answers (held-out loss), or writing answers."""
 PROGRESS_EVERY_S = 0.25
@@ -86,7 +92,7 @@ class EvalSettings:
     top_p: float = ranged(0.95, 0.05, 1.0, whole=False)
     seed: int = ranged(0, 0, SEED_MAX)
     template: str = "chat"
-    """The template the adapter was trained with (see `finetune.models.adapters.read_run_template`)."""
+    """The template the adapter was trained with (see `finetune.runs.read_run_template`)."""
     system_prompt: str = ""
     max_length: int = ranged(2048, *MAX_LENGTH_RANGE)
     """Rows are cut to this many tokens for the held-out loss, as in training."""
@@ -119,7 +125,7 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class EvalProgress:
-    """Where a running evaluation is, for a status line (`ui.eval_view.eval_progress_line`)."""
+    """Where a running evaluation is, for a status line (`ui.presenters.eval_progress_line`)."""
 
     phase: EvalPhase
     model: ModelName
@@ -222,10 +228,6 @@ def held_out_loss(loaded: LoadedModel, items: Sequence[EvalItem], settings: Eval
                   use_adapter: bool, on_row: Callable[[int, int], None] | None = None) -> tuple[float | None, int]:
     """Mean loss per trained token (reasoning and answer) over the items that have a reference answer;
     `on_row(done, total)` after each row."""
-    import torch
-
-    from finetune.models.adapters import adapter_switched
-
     examples = [Example(i.question, i.reasoning, i.answer) for i in items if i.has_reference]
     if not examples:
         return None, 0
@@ -260,10 +262,6 @@ def generate_answers(
     """Answers to the items, a batch at a time; `on_batch(done)` after each batch, and
     `on_step(steps, tokens)` after each token step of a batch: steps so far, and tokens written so far
     by the batch's questions that have not yet ended."""
-    import torch
-
-    from finetune.models.adapters import adapter_switched
-
     tokenizer = loaded.tokenizer
     template = effective_template(settings.template, tokenizer)
     open_tag, close_tag = reasoning_tags(template)
@@ -303,9 +301,7 @@ def generate_answers(
 
 def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings,
                     stop: threading.Event | None, on_step: Callable[[int, int], None] | None = None) -> list[str]:
-    from transformers import StoppingCriteriaList
-
-    from finetune.generate.reply import StopOnEvent, check_room
+    from transformers import StoppingCriteriaList  # heavy: this module is imported at the app's start
 
     tokenizer = loaded.tokenizer
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens follow every prompt directly
@@ -348,8 +344,6 @@ class _CountTokens:
         self.ended = None
 
     def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
         if self.ended is None:
             self.ended = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         self.tokens += int((~self.ended).sum())
@@ -555,9 +549,6 @@ class _ProgressTracker:
 
 def save_items(items: Sequence[EvalItem], path) -> None:
     """Write items as JSON Lines in the medical-o1 shape, which `load_eval_items` reads back."""
-    import json
-    from pathlib import Path
-
     lines = []
     for item in items:
         row = {"Question": item.question, "Complex_CoT": item.reasoning, "Response": item.answer}
@@ -584,12 +575,12 @@ def item_rows(report: EvalReport) -> list[dict]:
 
 def eval_line(metrics: dict[str, dict]) -> str:
     """One line for the Train tab: held-out loss and format, base → fine-tuned."""
-    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
+    base, fine_tuned = metrics.get("base", {}), metrics.get("finetuned", {})
     parts = []
-    if base.get("heldout_loss") is not None and tuned.get("heldout_loss") is not None:
-        change = (tuned["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"]
-        parts.append(f"held-out loss {base['heldout_loss']:.3f} → {tuned['heldout_loss']:.3f} ({change:+.0%})")
+    if base.get("heldout_loss") is not None and fine_tuned.get("heldout_loss") is not None:
+        change = (fine_tuned["heldout_loss"] - base["heldout_loss"]) / base["heldout_loss"]
+        parts.append(f"held-out loss {base['heldout_loss']:.3f} → {fine_tuned['heldout_loss']:.3f} ({change:+.0%})")
     for key, label in (("format_adherence", "format"), ("mcq_accuracy", "multiple-choice accuracy")):
-        if base.get(key) is not None and tuned.get(key) is not None:
-            parts.append(f"{label} {base[key]:.0%} → {tuned[key]:.0%}")
+        if base.get(key) is not None and fine_tuned.get(key) is not None:
+            parts.append(f"{label} {base[key]:.0%} → {fine_tuned[key]:.0%}")
     return " · ".join(parts)

@@ -179,7 +179,7 @@ def _architecture(config) -> gguf.MODEL_ARCH:
 def plan_tensors(config, weights: Mapping[str, torch.Tensor], fmt: str) -> list[PlannedTensor]:
     """Every tensor of the file, in llama.cpp's names, with its shape and type, from the config alone
     (the weights are only checked for presence, not loaded)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: loads on first use
 
     arch = _architecture(config)
     tied = bool(getattr(config, "tie_word_embeddings", False))

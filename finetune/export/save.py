@@ -1,6 +1,6 @@
 """Export what a run trained: the LoRA adapter alone, a merged 16-bit model (the seeds'
 `merged_16bit`) that loads with plain transformers, no PEFT and no bitsandbytes, or the merged model
-as one GGUF file for llama.cpp / Ollama (`gguf_f16`, `gguf_q8_0`, `gguf_q4_k_m`; see gguf_export.py).
+as one GGUF file for llama.cpp / Ollama (`gguf_f16`, `gguf_q8_0`, `gguf_q4_k_m`; see gguf.py).
 
     export_model(loaded, "runs/demo/merged", "merged_16bit", run_dir="runs/demo")
     export_model(loaded, "runs/demo/gguf", "gguf_q4_k_m", run_dir="runs/demo")   # gguf/model-q4_k_m.gguf
@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from finetune.config import EXPORT_FORMATS
+from finetune.evaluate.heldout import eval_line
 from finetune.export.gguf import GGUF_FORMATS, GGUFExportError, export_gguf, run_instructions
-from finetune.models.adapters import read_run_record
 from finetune.models.embedded import CACHE_NAME, HUB_REPO, cache_root
 from finetune.models.load import LoadedModel, ModelInfo
 from finetune.models.merge import inner_model, merged_state_dict
+from finetune.runs import read_run_record, run_max_length
 
 FORMATS = EXPORT_FORMATS  # config.ExportFormat: the one list, which export_gguf's formats complete
 CONTENTS = {
@@ -208,7 +209,7 @@ def _name_base_in_adapter_config(config_file: Path, base: BaseModel) -> None:
 
 def _save_merged(loaded: LoadedModel, folder: Path, dtype: torch.dtype) -> None:
     """A plain transformers checkpoint: 4-bit weights dequantized, the adapter merged, in `dtype`."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: loads on first use
 
     config = inner_model(loaded.model).config.__class__.from_dict(inner_model(loaded.model).config.to_dict())
     if hasattr(config, "quantization_config"):
@@ -254,14 +255,12 @@ def model_card(loaded: LoadedModel, record: dict, fmt: str) -> str:
         lines.append(
             f"- Recipe: LoRA r{lora.get('r')} alpha {lora.get('alpha')}, micro-batch "
             f"{train.get('micro_batch_size')} x grad-accum {train.get('grad_accum_steps')}, {record.get('steps')} "
-            f"steps, lr {train.get('learning_rate')}, {train.get('optimizer')}, max length {train.get('max_length')}"
+            f"steps, lr {train.get('learning_rate')}, {train.get('optimizer')}, max length {run_max_length(record)}"
         )
     if record.get("loss_first") is not None:
         lines.append(f"- Training loss: {record['loss_first']:.3f} → {record['loss_last']:.3f}")
     evaluation = record.get("eval") or {}
     if evaluation.get("base") and evaluation.get("finetuned"):
-        from finetune.evaluate.heldout import eval_line
-
         source = evaluation.get("source") or {}
         rows = (f"{source['rows']} rows of {source['dataset']}" if source
                 else f"{evaluation['finetuned'].get('n')} rows")

@@ -6,7 +6,7 @@ while its status is "pending" and closed once it is "done".
 
     replies = {}
     for panes in stream_chat(loaded, "What is the antidote for heparin?", GenerationSettings(), replies=replies):
-        print(panes["base"][-1]["content"], "|", panes["tuned"][-1]["content"], "|", status_line(replies))
+        print(panes["base"][-1]["content"], "|", panes["finetuned"][-1]["content"], "|", status_line(replies))
 
 The panes answer one after the other (one model, one reply at a time): the later pane shows at once
 that it is queued, and `status_line` says where each pane is (queued, reading the question, thinking,
@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from finetune.config import ADAPTER_ON
 from finetune.generate.reply import GenerationSettings, Reply, stream_reply
 from finetune.models.load import LoadedModel
 
-PANES = {"base": False, "tuned": True}
+PANES = ADAPTER_ON
 """Pane name -> whether the LoRA adapter is on. Base is the same weights with the adapter off."""
 REASONING_TITLE = "Reasoning"
 NOTE = "ℹ️ "
@@ -117,7 +118,7 @@ def stream_chat(
     loaded: LoadedModel,
     question: str,
     settings: GenerationSettings,
-    panes: Sequence[str] = ("base", "tuned"),
+    panes: Sequence[str] = ("base", "finetuned"),
     histories: dict[str, Sequence[tuple[str, str]]] | None = None,
     stop: threading.Event | None = None,
     replies: dict[str, Reply] | None = None,
@@ -175,7 +176,7 @@ def _note(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
-PANE_TITLES = {"base": "Base", "tuned": "Fine-tuned"}
+PANE_TITLES = {"base": "Base", "finetuned": "Fine-tuned"}
 PANE_PHASES = {"queued": "queued", "not started": "not started (stopped)", "no adapter": "no adapter yet",
                "waiting": "waiting for the model (another visitor's reply or an export is using it)…"}
 

@@ -28,7 +28,7 @@ CHAT_MAX_NEW_TOKENS = {"cuda": 6144, "cpu": 768}
 """New tokens a chat reply may take, by device. R1 models reason for 1,000-4,000 tokens before they
 answer: on a GPU a 4,000-token reasoning and its answer fit, with room. On CPU the embedded 135M model is
 a demo: after training on the bundled sample it reasons and answers in about 650 of its tokens
-(medical-o1's length), at ~20 tokens/s."""
+(medical-o1's length), at the rate docs/benchmarks.md gives ("CPU")."""
 
 
 class ModelBusy(RuntimeError):
@@ -93,7 +93,7 @@ that the model is waiting, reading the prompt, or still counting tokens (a word 
 
 def _counting_streamer(tokenizer):
     """A TextIteratorStreamer that also counts the tokens generated (the decoded text cannot tell)."""
-    from transformers import TextIteratorStreamer
+    from transformers import TextIteratorStreamer  # heavy: loads on first use
 
     class CountingStreamer(TextIteratorStreamer):
         generated = 0
@@ -128,7 +128,7 @@ def stream_reply(
 
     `history`: earlier (question, answer) turns of this conversation, oldest first.
     """
-    from transformers import StoppingCriteriaList
+    from transformers import StoppingCriteriaList  # heavy: loads on first use
 
     settings = settings or GenerationSettings()
     stop = stop or threading.Event()

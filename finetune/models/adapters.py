@@ -8,8 +8,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
+
 from finetune.config import LoraSettings
 from finetune.models.load import LoadedModel
+from finetune.runs import RunFolder
 
 ADAPTER_NAME = "default"
 
@@ -20,7 +23,7 @@ def attach_fresh_adapter(loaded: LoadedModel, lora: LoraSettings):
     if loaded.has_adapter:
         model = model.unload()  # drops the LoRA layers without merging them into the base weights
     if loaded.info.backend == "unsloth":
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # heavy, and CUDA only: imported where it is used
 
         model = FastLanguageModel.get_peft_model(
             model,
@@ -51,8 +54,6 @@ def remove_adapter(loaded: LoadedModel) -> None:
 
 def nonfinite_weight(model) -> str | None:
     """The name of the first trained (LoRA) weight holding a NaN or an infinity, if any."""
-    import torch
-
     for name, weight in model.named_parameters():
         if weight.requires_grad and not bool(torch.isfinite(weight).all()):
             return name
@@ -66,8 +67,7 @@ def _unsloth_checkpointing(lora: LoraSettings) -> str | bool:
 
 
 def _attach_with_peft(model, lora: LoraSettings):
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training  # heavy: loads on first use
 
     missing = [m for m in lora.target_modules if not any(n.endswith(f".{m}") for n, _ in model.named_modules())]
     if len(missing) == len(lora.target_modules):
@@ -97,11 +97,11 @@ def _attach_with_peft(model, lora: LoraSettings):
 
 def load_adapter(loaded: LoadedModel, adapter_dir: str | Path) -> None:
     """Put a saved adapter (a run's folder or its adapter/ subfolder) on the loaded model."""
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: loads on first use
 
     adapter_dir = Path(adapter_dir)
-    if (adapter_dir / "adapter" / "adapter_config.json").is_file():
-        adapter_dir = adapter_dir / "adapter"
+    if RunFolder(adapter_dir).has_adapter():
+        adapter_dir = RunFolder(adapter_dir).adapter
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json, so it is not a saved LoRA adapter")
     model = loaded.model.unload() if loaded.has_adapter else loaded.model
@@ -124,7 +124,7 @@ def restore_4bit_training_layout(model) -> int:
     inference kernel that has no backward. Training through it gives every LoRA weight below the
     last layer a None gradient, silently. Converting back to the canonical layout fixes that.
     """
-    try:
+    try:  # heavy, and optional: a machine without bitsandbytes has no 4-bit layout to undo
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
         from bitsandbytes.nn import Linear4bit
     except ImportError:
@@ -138,27 +138,3 @@ def restore_4bit_training_layout(model) -> int:
             )
             fixed += 1
     return fixed
-
-
-def run_folder(adapter_dir: str | Path) -> Path | None:
-    """The run folder an adapter came from (the one holding run.json): the folder given, or its parent."""
-    adapter_dir = Path(adapter_dir)
-    return next((folder for folder in (adapter_dir, adapter_dir.parent) if (folder / "run.json").is_file()), None)
-
-
-def read_run_record(adapter_dir: str | Path | None) -> dict:
-    """The run.json of an adapter's run (settings, data, metrics, evaluation); {} when there is none."""
-    import json
-
-    folder = run_folder(adapter_dir) if adapter_dir else None
-    return json.loads((folder / "run.json").read_text()) if folder else {}
-
-
-def run_template(record: dict) -> str:
-    """The template a run (its run.json record) trained with, so chat prompts it the same way."""
-    return record.get("dataset", {}).get("template", "chat")
-
-
-def read_run_template(adapter_dir: str | Path) -> str:
-    """The template an adapter was trained with (from its run.json)."""
-    return run_template(read_run_record(adapter_dir))

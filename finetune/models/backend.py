@@ -17,11 +17,11 @@ def unsloth_available() -> bool:
     if os.environ.get("FINETUNE_NO_UNSLOTH") or importlib.util.find_spec("unsloth") is None:
         return False
     try:
-        import torch
+        import torch  # heavy: asked once, when a model library is about to load
 
         if not torch.cuda.is_available():
             return False
-        import unsloth  # noqa: F401
+        import unsloth  # noqa: F401  (heavy, and it patches transformers: only when usable)
     except Exception:
         return False
     return True
@@ -29,7 +29,7 @@ def unsloth_available() -> bool:
 
 def default_device() -> str:
     """'cuda' when a CUDA GPU is visible, else 'cpu': where models load and train by default."""
-    import torch
+    import torch  # heavy: the app imports this module at start
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -49,7 +49,7 @@ def download_model(repo_id: str, token: str | None = None, progress: Progress | 
     Progress is reported by bytes, about four times a second. Files already in the cache are not
     downloaded again (one HEAD each checks them). Without the Hub, a model cached earlier is returned
     as it is. Endpoint: the argument, else HF_ENDPOINT as huggingface_hub read it at import."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # heavy (httpx); it reads HF_* at import
 
     report = progress or (lambda fraction, text: None)
     try:
@@ -71,7 +71,7 @@ def download_model(repo_id: str, token: str | None = None, progress: Progress | 
     outcome: dict[str, object] = {}
 
     def fetch() -> None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # heavy (httpx): on first use
 
         try:
             outcome["folder"] = snapshot_download(repo_id, revision=revision, allow_patterns=files, token=token,
@@ -100,9 +100,9 @@ def download_model(repo_id: str, token: str | None = None, progress: Progress | 
 
 def hub_error_sentence(repo_id: str, err: BaseException, revision: str = "main", size: int = 0) -> str:
     """One sentence for a failed Hub call about `repo_id`; never the server's text (it may hold a token)."""
-    import httpx
-    from huggingface_hub import constants
-    from huggingface_hub.errors import (
+    import httpx  # heavy (httpx): on first use
+    from huggingface_hub import constants  # heavy (httpx); it reads HF_* at import
+    from huggingface_hub.errors import (  # heavy (httpx): on first use
         GatedRepoError,
         HfHubHTTPError,
         RepositoryNotFoundError,
@@ -133,8 +133,8 @@ def hub_error_sentence(repo_id: str, err: BaseException, revision: str = "main",
 
 
 def _is_offline_error(err: BaseException) -> bool:
-    import httpx
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    import httpx  # heavy (httpx): on first use
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled  # heavy (httpx): on first use
 
     return isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout, LocalEntryNotFoundError,
                             OfflineModeIsEnabled))
@@ -142,7 +142,7 @@ def _is_offline_error(err: BaseException) -> bool:
 
 def _cached_snapshot(repo_id: str, revision: str) -> Path | None:
     """The cached snapshot of `revision`, if its config and some weights are in it."""
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy (httpx); it reads HF_* at import
 
     config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if not isinstance(config, str):
@@ -170,7 +170,7 @@ class _ByteCounter:
             return int(max(self._counts.values(), default=0))
 
     def bar_class(self) -> type:
-        from tqdm import tqdm
+        from tqdm import tqdm  # only while a download runs
 
         counter = self
 

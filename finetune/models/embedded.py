@@ -63,8 +63,8 @@ def embedded_model_dir() -> Path:
 
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # heavy: only the first run converts the model
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy, as torch
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF metadata names <|im_start|> as eos; the chat template ends each turn with <|im_end|>,

@@ -8,6 +8,8 @@ folders. Backend: Unsloth's FastLanguageModel when it imports on a CUDA machine,
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 import time
@@ -184,7 +186,7 @@ def resolve_source(name: str, allow_local: bool = True) -> tuple[str, bool]:
 
 def check_hub_access(repo_id: str, token: str | None) -> None:
     """Fail fast with one sentence, instead of transformers' minute of retries and a traceback."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub import HfApi, try_to_load_from_cache  # heavy (httpx); it reads HF_* at import
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return  # cached earlier: loads without the network
@@ -203,7 +205,7 @@ def check_hub_access(repo_id: str, token: str | None) -> None:
 
 
 def _is_prequantized(path: str, token: str | None) -> bool:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # heavy: loads on first use
 
     config = AutoConfig.from_pretrained(path, token=token)
     quant = getattr(config, "quantization_config", None) or {}
@@ -212,7 +214,7 @@ def _is_prequantized(path: str, token: str | None) -> bool:
 
 
 def _load_hf(path: str, device: str, quantize: bool, token: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig  # heavy: loads on first use
 
     dtype = _default_dtype(device)
     kwargs: dict = {"dtype": dtype, "token": token}
@@ -232,7 +234,7 @@ def _load_hf(path: str, device: str, quantize: bool, token: str | None):
 
 
 def _load_unsloth(path: str, settings: ModelSettings, quantize: bool, token: str | None):
-    from unsloth import FastLanguageModel
+    from unsloth import FastLanguageModel  # CUDA only: imported where Unsloth is the backend
 
     placement = {"device_map": {"": local_rank()}} if world_size() > 1 else {}  # one whole copy per GPU
     if placement:
@@ -296,9 +298,6 @@ def release_memory(device: str) -> None:
     """Collect what nothing refers to any more (an old model, a finished run's trainer and optimizer),
     and hand the memory back: GPU memory to the driver, freed heap pages to the OS. A shared app
     then stays the same size run after run instead of keeping each run's peak."""
-    import ctypes
-    import gc
-
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -25,7 +25,7 @@ def dense_weight(linear: torch.nn.Module) -> torch.Tensor:
     state = getattr(weight, "quant_state", None)
     if state is None:
         return weight
-    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.functional import dequantize_4bit  # heavy, and only for 4-bit weights
 
     return dequantize_4bit(weight.data, state)
 

@@ -71,7 +71,7 @@ def checked_tokenizer(tokenizer, path: str, token: str | None = None) -> tuple[o
 
 def _from_tokenizer_json(path: str, token: str | None):
     """The folder's tokenizer.json through the generic tokenizers backend, or None without one."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # heavy: loads on first use
 
     try:
         return PreTrainedTokenizerFast.from_pretrained(path, token=token)

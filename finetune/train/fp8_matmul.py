@@ -26,8 +26,8 @@ FP8_MAX = 448.0
 MIN_ROWS = 256
 """Fewer rows than this (decoding, short prompts) gain nothing from FP8: Unsloth's path runs."""
 MIN_WIDTH = 4096
-"""Narrower models gain nothing either: Qwen-1.5B (width 1536) trained at 13,523 tokens/s with FP8 and
-14,263 without on an H200 (docs/benchmarks.md); Llama-8B (4096) went from 8,713 to 9,424."""
+"""Narrower models gain nothing either: on an H200, FP8 slowed Qwen-1.5B (width 1536) down and sped
+Llama-8B (4096) up (docs/benchmarks.md, "FP8 base matmuls")."""
 
 
 def fp8_worthwhile(model: torch.nn.Module) -> bool:
@@ -43,7 +43,7 @@ def fp8_supported() -> bool:
     if torch.cuda.get_device_capability() < (8, 9):
         return False
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (a probe: is Triton installed?)
     except ImportError:
         return False
     return True
@@ -55,15 +55,15 @@ def fp8_base_matmuls(model: torch.nn.Module) -> Iterator[None]:
 
     `fp8_calls()` counts the FP8 products run, so a run can say whether the path was taken at all
     (a model whose layers Unsloth did not patch never reaches it)."""
-    from unsloth.kernels import fast_lora
+    from unsloth.kernels import fast_lora  # CUDA only: the path Unsloth's LoRA layers take
 
     original = fast_lora.matmul_lora
     prepared = prepare_row_scales(model)
     fast_lora.matmul_lora = _make_stand_in(original)
     _COUNTER["calls"] = 0
     # Unsloth compiles each decoder layer as one region; with the FP8 op inside, that region ran
-    # slower than eager layers (Llama-8B, H200: 7,710 vs 9,424 tokens/s). Unsloth reads this switch
-    # on every layer call, so it holds for this run only.
+    # slower than eager layers (Llama-8B: docs/benchmarks.md, "FP8 base matmuls"). Unsloth reads
+    # this switch on every layer call, so it holds for this run only.
     compile_switch = os.environ.get("UNSLOTH_BLOCK_COMPILE")
     os.environ["UNSLOTH_BLOCK_COMPILE"] = "0"
     try:
@@ -156,7 +156,7 @@ def nf4_fp8_linear(x_fp8: torch.Tensor, x_scale: torch.Tensor, packed: torch.Ten
                    offset: float, blocksize: int, blocksize2: int, nested: bool) -> torch.Tensor:
     """x @ W.t() in bf16 for an FP8 input and an NF4 weight W. A custom op, so that a compiled
     decoder layer calls it whole instead of tracing (and breaking) around the Triton kernel."""
-    from finetune.train import fp8_kernels
+    from finetune.train import fp8_kernels  # Triton, CUDA only: where FP8 runs
 
     _COUNTER["calls"] += 1
     w_fp8 = torch.empty((row_scale.shape[0], x_fp8.shape[1]), dtype=FP8, device=x_fp8.device)
@@ -174,7 +174,7 @@ def _(x_fp8, x_scale, packed, absmax, code, code2, absmax2, row_scale, offset, b
 @torch.library.custom_op("finetune::fp8_quantize_rows", mutates_args=())
 def fp8_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x (rows, cols) in 16 bits -> (FP8 values, float32 scale per row), x ≈ values * scale."""
-    from finetune.train import fp8_kernels
+    from finetune.train import fp8_kernels  # Triton, CUDA only: where FP8 runs
 
     x = x.contiguous()
     values = torch.empty(x.shape, dtype=FP8, device=x.device)
@@ -224,7 +224,7 @@ _SHARED_INPUT = _SharedInput()
 
 def nf4_to_fp8(W: torch.Tensor, quant_state) -> torch.Tensor:
     """A prepared NF4 weight as FP8 (out_features, in_features): W ≈ values * fp8_row_scale per row."""
-    from finetune.train import fp8_kernels
+    from finetune.train import fp8_kernels  # Triton, CUDA only: where FP8 runs
 
     values = torch.empty(quant_state.shape, dtype=FP8, device=W.device)
     fp8_kernels.nf4_to_fp8(W, *_nf4_arguments(quant_state), values)

@@ -10,6 +10,9 @@ Each section holds the fields of one settings class (`ModelSettings`, `DataSetti
 `TrainSettings`, `LoraSettings`); a field left out keeps the device's default, the same default
 the Train tab shows. Every run writes the recipe it ran as `recipe.yaml` into its folder, so any
 run can be repeated with `--config runs/<name>/recipe.yaml`. Examples: `recipes/`.
+
+The length rows are cut at is `model.max_length`, the one length of a run; a recipe written
+before it moved there (`train: {max_length: …}`) still loads, the length moved to the model.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import yaml
 
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
 
@@ -41,17 +46,14 @@ SECTIONS = {"model": ModelSettings, "data": DataSettings, "train": TrainSettings
 
 
 def default_recipe(device: str) -> Recipe:
-    """What the Train tab and the CLI start from on this device: its training defaults, and a hold-out
-    sized to the data (`holdout_rows: null` in a recipe; finetune.data.sources.holdout_plan)."""
-    train = TrainSettings.for_device(device)
-    return Recipe(ModelSettings(max_length=train.max_length), DataSettings(holdout_rows=None), train,
+    """What the Train tab and the CLI start from on this device: its model and training defaults, and a
+    hold-out sized to the data (`holdout_rows: null` in a recipe; finetune.data.sources.holdout_plan)."""
+    return Recipe(ModelSettings.for_device(device), DataSettings(holdout_rows=None), TrainSettings.for_device(device),
                   lora_for_device(device))
 
 
 def load_recipe(path: str | Path, device: str) -> Recipe:
     """Read a recipe file on top of the device's defaults; RecipeError names any bad setting."""
-    import yaml
-
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -64,12 +66,26 @@ def load_recipe(path: str | Path, device: str) -> Recipe:
     unknown = sorted(set(document) - {*SECTIONS, "output"})
     if unknown:
         raise RecipeError(f"{path}: unknown section {unknown[0]!r}; the sections are {', '.join(SECTIONS)} and output")
-    changes = {name: document.get(name) or {} for name in SECTIONS}
-    if "max_length" in changes["train"] and "max_length" not in changes["model"]:
-        changes["model"] = {**changes["model"], "max_length": changes["train"]["max_length"]}
+    changes = _length_in_model({name: document.get(name) or {} for name in SECTIONS}, str(path))
     recipe = with_changes(default_recipe(device), changes, str(path))
     output = document.get("output")
     return dataclasses.replace(recipe, output=str(output) if output is not None else None)
+
+
+def _length_in_model(changes: dict, where: str) -> dict:
+    """An older recipe's `train.max_length` as `model.max_length`, where the one length lives now (a run
+    folder's recipe.yaml of then holds both, the same), so old recipes and runs still load."""
+    train, model = changes["train"], changes["model"]
+    if not (isinstance(train, dict) and "max_length" in train):
+        return changes
+    train = dict(train)
+    length = train.pop("max_length")
+    if isinstance(model, dict) and model.get("max_length", length) != length:
+        raise RecipeError(f"{where}: train.max_length ({length}) and model.max_length ({model['max_length']}) "
+                          "disagree; rows are cut at model.max_length: keep that one only")
+    if isinstance(model, dict):
+        model = {**model, "max_length": length}
+    return {**changes, "train": train, "model": model}
 
 
 def with_changes(recipe: Recipe, changes: dict[str, dict], where: str = "recipe") -> Recipe:
@@ -144,7 +160,5 @@ def _plain(values: dict) -> dict:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:
-    import yaml
-
     header = "# The recipe of this run: python -m finetune train --config <this file> repeats it.\n"
     Path(path).write_text(header + yaml.safe_dump(recipe_dict(recipe), sort_keys=False, allow_unicode=True))

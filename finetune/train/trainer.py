@@ -1,6 +1,9 @@
 """One LoRA SFT run, top to bottom: attach a fresh adapter, build the trainer, train, save.
 
-    job = start_training(loaded, dataset, TrainSettings(), LoraSettings(), "runs/demo")
+    recipe = load_recipe("recipes/embedded-cpu-demo.yaml", "cpu")
+    loaded = load_model(recipe.model)
+    prepared = tokenize_rows(load_examples(recipe.data.source), recipe.data, loaded.tokenizer, recipe.model.max_length)
+    job = start_training(loaded, prepared, recipe)
     for metrics in job.follow(): print(metrics)
 
 The run happens in a background thread; `TrainingJob` carries its metrics, status and result.
@@ -15,18 +18,29 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from finetune.quiet import drop_library_advisories, no_dataset_progress_bars
 
 drop_library_advisories()  # before transformers' Trainer imports PEFT, whose bitsandbytes advises at import
 
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from transformers import PrinterCallback, Trainer, TrainerCallback  # noqa: E402
-from trl import SFTTrainer  # noqa: E402
+from trl import SFTConfig, SFTTrainer  # noqa: E402
+from trl.trainer import utils as trl_utils  # noqa: E402
 
-from finetune.config import LoraSettings, TrainSettings  # noqa: E402
-from finetune.data.prompts import PreparedDataset  # noqa: E402
+from finetune.config import DataSettings, LoraSettings, TrainSettings  # noqa: E402
+from finetune.data.prompts import LengthStats, PreparedDataset, TokenizedRow  # noqa: E402
+from finetune.evaluate.heldout import (  # noqa: E402
+    EvalProgress,
+    EvalSettings,
+    evaluate,
+    item_rows,
+    load_eval_items,
+    save_items,
+)
 from finetune.models.adapters import (  # noqa: E402
     attach_fresh_adapter,
     nonfinite_weight,
@@ -36,6 +50,7 @@ from finetune.models.adapters import (  # noqa: E402
 from finetune.models.backend import is_main_process  # noqa: E402
 from finetune.models.load import LoadedModel, release_memory  # noqa: E402
 from finetune.runs import (  # noqa: E402
+    RunFolder,
     RunFolderError,
     append_metric,
     check_writable,
@@ -45,8 +60,11 @@ from finetune.runs import (  # noqa: E402
     process_identity,
     read_metrics,
     read_record,
+    run_max_length,
+    run_template,
     update_record,
     write_json_atomic,
+    write_metrics,
 )
 from finetune.train.fp8_matmul import fp8_base_matmuls, fp8_calls, fp8_supported, fp8_worthwhile  # noqa: E402
 from finetune.train.job import TrainingBusy, TrainingJob  # noqa: E402
@@ -60,35 +78,37 @@ class TrainingDiverged(RuntimeError):
 def start_training(
     loaded: LoadedModel,
     data: PreparedDataset,
-    train: TrainSettings,
-    lora: LoraSettings,
-    output_dir: str | Path,
-    recipe: Recipe | None = None,
+    recipe: Recipe,
     resume_from: Path | None = None,
 ) -> TrainingJob:
-    """Start a run in a background thread and return its job; TrainingBusy if one is running.
+    """Start a run of `recipe` (its train and LoRA settings, at its model.max_length, into its `output` folder)
+    in a background thread and return its job; TrainingBusy if one is running. `data` is the rows the
+    recipe's data settings gave, tokenized at that length (`tokenize_rows`).
 
     The run folder gets run.json ("running"), the rows and the recipe before the first step, so it
     is readable whatever happens next; RunFolderError if it cannot be written."""
     if not data.rows:
         raise ValueError(f"{data.name}: no rows left to train on (every row was dropped; raise max length)")
-    output_dir = Path(output_dir)
+    if recipe.output is None:
+        raise ValueError("the recipe names no output folder for the run")
+    run = RunFolder(recipe.output)
     if is_main_process():  # under accelerate launch, one process per GPU: the first writes the folder
-        check_writable(output_dir)
+        check_writable(run.path)
     with loaded.start_lock:
         if loaded.job is not None and loaded.job.running:
             raise TrainingBusy(loaded.job)
-        total = planned_steps(len(data.rows), train)
+        total = planned_steps(len(data.rows), recipe.train)
         if is_main_process():
-            write_run_start(output_dir, loaded, data, train, lora, recipe, total, resume_from)
-        job = TrainingJob(total_steps=total, output_dir=str(output_dir))
+            write_run_start(run, loaded, data, recipe, total, resume_from)
+        job = TrainingJob(total_steps=total, output_dir=str(run.path))
+        job.holdout = data.holdout
         if resume_from is not None:  # the curve so far, up to the step training continues from
-            job.metrics = read_metrics(output_dir, checkpoint_step(resume_from))
+            job.metrics = read_metrics(run.path, checkpoint_step(resume_from))
             if is_main_process():
-                _rewrite_metrics(output_dir, job.metrics)
+                write_metrics(run.path, job.metrics)
         loaded.job = job
     job.thread = threading.Thread(
-        target=_run_job, args=(loaded, data, train, lora, output_dir, job, resume_from), name="training", daemon=True
+        target=_run_job, args=(loaded, data, recipe, run, job, resume_from), name="training", daemon=True
     )
     job.thread.start()
     return job
@@ -96,24 +116,36 @@ def start_training(
 
 def resume_training(loaded: LoadedModel, run_dir: str | Path) -> TrainingJob:
     """Continue a stopped, failed or interrupted run from its last checkpoint, with its own rows and settings."""
-    run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    run = RunFolder(run_dir)
+    record = read_record(run.path)
+    name = run.path.name
     if record.get("status") == "running":
-        raise RunFolderError(f"{run_dir.name} is still running")
+        raise RunFolderError(f"{name} is still running")
     if record.get("status") == "done":
-        raise RunFolderError(f"{run_dir.name} has already finished all its {record.get('steps')} steps")
+        raise RunFolderError(f"{name} has already finished all its {record.get('steps')} steps")
     if record.get("diverged"):
-        raise RunFolderError(f"{run_dir.name} diverged (its loss became non-finite); start a new run with a lower "
+        raise RunFolderError(f"{name} diverged (its loss became non-finite); start a new run with a lower "
                              "learning rate")
-    checkpoint = last_checkpoint(run_dir)
+    checkpoint = last_checkpoint(run.path)
     if checkpoint is None:
-        raise RunFolderError(f"{run_dir.name} has no checkpoint yet (it ended before the first one); start it again")
+        raise RunFolderError(f"{name} has no checkpoint yet (it ended before the first one); start it again")
     trained_on = record.get("model", {}).get("name")
     if trained_on != loaded.info.name:
-        raise RunFolderError(f"{run_dir.name} trained {trained_on}; load that model before resuming it")
-    data = read_prepared(run_dir, record)
-    train, lora = TrainSettings(**record["train"]), LoraSettings(**record["lora"])
-    return start_training(loaded, data, train, lora, run_dir, resume_from=checkpoint)
+        raise RunFolderError(f"{name} trained {trained_on}; load that model before resuming it")
+    return start_training(loaded, read_prepared(run, record), resumed_recipe(run, record, loaded),
+                          resume_from=checkpoint)
+
+
+def resumed_recipe(run: RunFolder, record: dict, loaded: LoadedModel) -> Recipe:
+    """The settings a run trained with, from its run.json (what ran; recipe.yaml is there to repeat it).
+
+    The data settings keep only the template and columns: a resume trains on the tokenized rows the run
+    kept (train_rows.jsonl), whatever the source holds now."""
+    train = dict(record["train"])
+    train.pop("max_length", None)  # run.json of a run from before model.max_length was its one length
+    model = replace(loaded.settings, max_length=run_max_length(record) or loaded.settings.max_length)
+    data = DataSettings(template=run_template(record), columns=record.get("dataset", {}).get("columns", {}))
+    return Recipe(model, data, TrainSettings(**train), LoraSettings(**record["lora"]), str(run.path))
 
 
 def planned_steps(rows: int, train: TrainSettings) -> int:
@@ -123,20 +155,21 @@ def planned_steps(rows: int, train: TrainSettings) -> int:
     return max(1, math.ceil(per_epoch * train.epochs))
 
 
-def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> None:
+def _run_job(loaded: LoadedModel, data: PreparedDataset, recipe: Recipe, run: RunFolder, job: TrainingJob,
+             resume_from: Path | None = None) -> None:
     status, result, error = "failed", None, None
     try:
         with loaded.lock:  # waits for a chat in progress to finish; chat waits for us in turn
-            result = run_training(loaded, data, train, lora, output_dir, job, resume_from)
+            result = run_training(loaded, data, recipe, run, job, resume_from)
             if data.heldout and result["status"] == "done" and is_main_process():
-                result["eval"] = evaluate_heldout(loaded, data, train, output_dir, job)
+                result["eval"] = evaluate_heldout(loaded, data, recipe, run, job)
         status = result["status"]
     except Exception as err:  # the job ends with a readable error; the app and base model stay usable
         traceback.print_exc()
-        error = explain_failure(err, train)
+        error = explain_failure(err, recipe)
         if is_main_process():
             with contextlib.suppress(OSError, RunFolderError):  # a full disk may refuse this too
-                update_record(output_dir, status="failed", error=error,
+                update_record(run.path, status="failed", error=error,
                               **({"diverged": True} if isinstance(err, TrainingDiverged) else {}))
     finally:
         loaded.model.eval()
@@ -148,37 +181,37 @@ def _run_job(loaded, data, train, lora, output_dir, job, resume_from=None) -> No
 def run_training(
     loaded: LoadedModel,
     data: PreparedDataset,
-    train: TrainSettings,
-    lora: LoraSettings,
-    output_dir: Path,
+    recipe: Recipe,
+    run: RunFolder,
     job: TrainingJob,
     resume_from: Path | None = None,
 ) -> dict:
-    model = attach_fresh_adapter(loaded, lora)
+    train = recipe.train
+    model = attach_fresh_adapter(loaded, recipe.lora)
     restore_4bit_training_layout(model)
     if loaded.info.backend == "unsloth":
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # CUDA only: imported where Unsloth is the backend
 
         FastLanguageModel.for_training(model)
     with no_dataset_progress_bars():
         trainer = ReasoningSFTTrainer(
             model=model,
-            args=build_sft_config(train, output_dir, loaded.device, job.total_steps),
+            args=build_sft_config(train, recipe.model.max_length, run.path, loaded.device, job.total_steps),
             train_dataset=data.to_hf_dataset(),
             processing_class=loaded.tokenizer,
         )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; our job records them
-    trainer.add_callback(JobCallback(job, trainer, output_dir))
+    trainer.add_callback(JobCallback(job, trainer, run))
     fp8 = fp8_applies(loaded, train)
     # A resume loads the checkpoint's adapter, optimizer, schedule and data position, then goes on.
     with fp8_base_matmuls(model) if fp8 else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     model.eval()
     if loaded.info.backend == "unsloth":
-        from unsloth import FastLanguageModel
+        from unsloth import FastLanguageModel  # CUDA only: imported where Unsloth is the backend
 
         FastLanguageModel.for_inference(model)
-    check_finite(loaded, job, train, output_dir, trainer.state.global_step)
+    check_finite(loaded, job, train, run, trainer.state.global_step)
     # A Stop pressed during the last step still leaves a finished run: it is done, and evaluated (a Stop
     # pressed from here on ends that evaluation).
     finished = trainer.state.global_step >= trainer.state.max_steps
@@ -186,10 +219,10 @@ def run_training(
         job.stop_requested.clear()
     status = "done" if finished else "stopped"
     # Whether the FP8 path really ran: a model Unsloth did not patch never reaches it.
-    return save_run(loaded, data, train, lora, output_dir, job, status, fp8_matmuls=fp8 and fp8_calls() > 0)
+    return save_run(loaded, run, job, status, fp8_matmuls=fp8 and fp8_calls() > 0)
 
 
-def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, output_dir: Path, step: int) -> None:
+def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, run: RunFolder, step: int) -> None:
     """Raise TrainingDiverged, and keep nothing of the run, if its loss, gradients or weights went non-finite:
     an all-NaN adapter must be neither exported nor resumed (its checkpoints would diverge the same way)."""
     weight = nonfinite_weight(loaded.model)
@@ -199,7 +232,7 @@ def check_finite(loaded: LoadedModel, job: TrainingJob, train: TrainSettings, ou
     remove_adapter(loaded)  # chat's fine-tuned pane then says there is no adapter, rather than answer NaNs
     if is_main_process():
         # adapter/ too: one a Stop saved before a resume belongs to a run that is now failed and not resumable.
-        for folder in [*output_dir.glob("checkpoint-*"), output_dir / "adapter"]:
+        for folder in [*run.checkpoints(), run.adapter]:
             shutil.rmtree(folder, ignore_errors=True)
     raise TrainingDiverged(f"{what}: training diverged. Lower the learning rate (now {train.learning_rate:g}) "
                            "and start again; nothing was kept to export or resume.")
@@ -221,16 +254,15 @@ def fp8_applies(loaded: LoadedModel, train: TrainSettings) -> bool:
             and fp8_worthwhile(loaded.model) and fp8_supported())
 
 
-def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSettings, output_dir: Path,
+def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, recipe: Recipe, run: RunFolder,
                      job: TrainingJob) -> dict:
     """Base vs fine-tuned on the rows held out of this run; the figures join run.json.
 
     The held-out rows go to heldout.jsonl and the per-question answers to eval.json, so the
     Evaluate tab and `python -m finetune eval` can look at them again.
     """
-    from finetune.evaluate.heldout import EvalProgress, EvalSettings, evaluate, item_rows, save_items
-
-    settings = EvalSettings(template=data.template, max_length=train.max_length,
+    train = recipe.train
+    settings = EvalSettings(template=data.template, max_length=recipe.model.max_length,
                             max_new_tokens=train.eval_max_new_tokens, generate=train.eval_generate)
 
     def progress(update: EvalProgress) -> None:
@@ -240,16 +272,16 @@ def evaluate_heldout(loaded: LoadedModel, data: PreparedDataset, train: TrainSet
         report = evaluate(loaded, data.heldout, settings, stop=job.stop_requested, on_update=progress)
     finally:
         job.evaluating = None
-    save_items(data.heldout, output_dir / "heldout.jsonl")
-    (output_dir / "eval.json").write_text(json.dumps({**report.as_dict(), "items": item_rows(report)}, indent=2))
+    save_items(data.heldout, run.heldout)
+    run.eval.write_text(json.dumps({**report.as_dict(), "items": item_rows(report)}, indent=2))
     figures = {**report.as_dict(), "source": {"dataset": data.name, "rows": len(data.heldout)}}
-    update_record(output_dir, eval=figures)
+    update_record(run.path, eval=figures)
     return figures
 
 
-def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_steps: int):
-    from trl import SFTConfig
-
+def build_sft_config(train: TrainSettings, max_length: int, output_dir: Path, device: str,
+                     total_steps: int) -> SFTConfig:
+    """TRL's settings for a run; `output_dir` (the run folder) is where the Trainer writes its checkpoints."""
     bf16, fp16 = _precision_flags(train.precision, device)
     return SFTConfig(
         output_dir=str(output_dir),
@@ -262,7 +294,7 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_
         lr_scheduler_type=train.lr_scheduler,
         optim=train.optimizer,
         weight_decay=train.weight_decay,
-        max_length=train.max_length,  # rows are already truncated to it; TRL's own cut is then a no-op
+        max_length=max_length,  # rows are already truncated to it; TRL's own cut is then a no-op
         bf16=bf16,
         fp16=fp16,
         use_cpu=device != "cuda",
@@ -283,9 +315,7 @@ def build_sft_config(train: TrainSettings, output_dir: Path, device: str, total_
 
 def _precision_flags(precision: str, device: str) -> tuple[bool, bool]:
     """(bf16, fp16) for the trainer. On CPU, 'auto' is bf16 where the CPU computes it natively
-    (AVX512-BF16 or AMX: 1.8x the fp32 step of the embedded model on 2 cores), else fp32; fp16 is a GPU's."""
-    import torch
-
+    (AVX512-BF16 or AMX: faster than fp32, see docs/benchmarks.md), else fp32; fp16 is a GPU's."""
     if precision == "fp32" or (device != "cuda" and precision == "fp16"):
         return False, False
     if precision == "auto":
@@ -298,16 +328,12 @@ def _precision_flags(precision: str, device: str) -> tuple[bool, bool]:
 
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bf16 instructions (emulated bf16 would be slower than fp32)."""
-    import torch
-
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def fused_loss_available() -> bool:
     """TRL's fused LM-head loss runs on Triton, which CPU-only torch lacks."""
-    from trl.trainer import utils
-
-    return getattr(utils, "_ChunkedLogProbFunction", None) is not None
+    return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None
 
 
 class ReasoningSFTTrainer(SFTTrainer):
@@ -332,12 +358,8 @@ class ReasoningSFTTrainer(SFTTrainer):
 
 def _sum_over_processes(count: int) -> int:
     """Tokens seen by all GPUs together (data parallel); the count itself on one."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return count
-    import torch
-
     total = torch.tensor([count], device="cuda" if torch.cuda.is_available() else "cpu")
     dist.all_reduce(total)
     return int(total.item())
@@ -346,10 +368,10 @@ def _sum_over_processes(count: int) -> int:
 class JobCallback(TrainerCallback):
     """Feeds each logged step into the job, and stops the trainer when the job is asked to stop."""
 
-    def __init__(self, job: TrainingJob, trainer: ReasoningSFTTrainer, output_dir: Path):
+    def __init__(self, job: TrainingJob, trainer: ReasoningSFTTrainer, run: RunFolder):
         self.job = job
         self.trainer = trainer
-        self.output_dir = output_dir
+        self.run = run
         self.last_time = time.perf_counter()
         self.last_tokens = 0
         self.started = self.last_time
@@ -389,88 +411,77 @@ class JobCallback(TrainerCallback):
             }
         )
         if state.is_world_process_zero:
-            append_metric(self.output_dir, self.job.metrics[-1])
+            append_metric(self.run.path, self.job.metrics[-1])
         self.last_time, self.last_tokens = now, tokens
 
 
-def save_run(loaded, data, train, lora, output_dir: Path, job: TrainingJob, status: str,
-             fp8_matmuls: bool) -> dict:
+def save_run(loaded: LoadedModel, run: RunFolder, job: TrainingJob, status: str, fp8_matmuls: bool) -> dict:
     """Write the adapter and the tokenizer, and finish run.json (status, metrics) in the run folder."""
-    adapter_dir = output_dir / "adapter"
     if is_main_process():
-        loaded.model.save_pretrained(str(adapter_dir))
-        loaded.tokenizer.save_pretrained(str(adapter_dir))
-    loaded.adapter_dir = adapter_dir
+        loaded.model.save_pretrained(str(run.adapter))
+        loaded.tokenizer.save_pretrained(str(run.adapter))
+    loaded.adapter_dir = run.adapter
     losses = [m["loss"] for m in job.metrics]
     result = {
         "status": status,
         "steps": job.metrics[-1]["step"] if job.metrics else 0,
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
-        "adapter": str(adapter_dir),
+        "adapter": str(run.adapter),
         "runtime_s": round(time.time() - job.started_at, 1),
         "fp8_matmuls": fp8_matmuls,
     }
     if is_main_process():
-        update_record(output_dir, **result, error=None, metrics=job.metrics)
+        update_record(run.path, **result, error=None, metrics=job.metrics)
     return result
 
 
-def write_run_start(output_dir: Path, loaded: LoadedModel, data: PreparedDataset, train: TrainSettings,
-                    lora: LoraSettings, recipe: Recipe | None, total_steps: int, resume_from: Path | None) -> None:
+def write_run_start(run: RunFolder, loaded: LoadedModel, data: PreparedDataset, recipe: Recipe, total_steps: int,
+                    resume_from: Path | None) -> None:
     """run.json saying "running" (and by which process), the rows and the recipe, before step one."""
     try:
         if resume_from is not None:
-            update_record(output_dir, status="running", owner=process_identity(), error=None,
+            update_record(run.path, status="running", owner=process_identity(), error=None,
                           resumed_from=checkpoint_step(resume_from))
             return
-        write_json_atomic(output_dir / "run.json", {
+        write_json_atomic(run.record, {
             "status": "running",
             "owner": process_identity(),
             "total_steps": total_steps,
             "started_at": time.time(),
             "model": asdict(loaded.info),
+            # stats.max_length: the length rows are cut at, the run's one length (finetune.runs.run_max_length)
             "dataset": {"name": data.name, "template": data.template, "columns": data.columns,
                         "stats": asdict(data.stats)},
-            "train": asdict(train),
-            "lora": asdict(lora),
+            "train": asdict(recipe.train),
+            "lora": asdict(recipe.lora),
         })
-        write_prepared(output_dir, data)
-        (output_dir / "metrics.jsonl").write_text("")
-        if recipe is not None:
-            save_recipe(recipe, output_dir / "recipe.yaml")
+        write_prepared(run, data)
+        write_metrics(run.path, [])
+        save_recipe(recipe, run.recipe)
     except OSError as err:
-        raise RunFolderError(f"Cannot write the run folder {output_dir}: {disk_error(err)}") from err
+        raise RunFolderError(f"Cannot write the run folder {run.path}: {disk_error(err)}") from err
 
 
-def write_prepared(output_dir: Path, data: PreparedDataset) -> None:
+def write_prepared(run: RunFolder, data: PreparedDataset) -> None:
     """The tokenized rows (and held-out rows) of a run: what a resume trains on, without the upload."""
-    from finetune.evaluate.heldout import save_items
-
     lines = (json.dumps({"input_ids": row.input_ids, "labels": row.labels, "full_length": row.full_length})
              for row in data.rows)
-    (output_dir / "train_rows.jsonl").write_text("\n".join(lines) + "\n")
+    run.train_rows.write_text("\n".join(lines) + "\n")
     if data.heldout:
-        save_items(data.heldout, output_dir / "heldout.jsonl")
+        save_items(data.heldout, run.heldout)
 
 
-def read_prepared(run_dir: Path, record: dict) -> PreparedDataset:
-    from finetune.data.prompts import LengthStats, TokenizedRow
-    from finetune.evaluate.heldout import load_eval_items
-
+def read_prepared(run: RunFolder, record: dict) -> PreparedDataset:
     rows = [TokenizedRow(row["input_ids"], row["labels"], "", "", row["full_length"])
-            for row in map(json.loads, (run_dir / "train_rows.jsonl").read_text().splitlines())]
+            for row in map(json.loads, run.train_rows.read_text().splitlines())]
     dataset = record["dataset"]
-    heldout = load_eval_items(str(run_dir / "heldout.jsonl")) if (run_dir / "heldout.jsonl").is_file() else []
+    heldout = load_eval_items(str(run.heldout)) if run.heldout.is_file() else []
     return PreparedDataset(dataset["name"], dataset["template"], rows, LengthStats(**dataset["stats"]),
                            [row.full_length for row in rows], dataset.get("columns", {}), heldout)
 
 
-def _rewrite_metrics(output_dir: Path, metrics: list[dict]) -> None:
-    (output_dir / "metrics.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in metrics))
-
-
-def explain_failure(err: Exception, train: TrainSettings) -> str:
+def explain_failure(err: Exception, recipe: Recipe) -> str:
     """One sentence on what went wrong and what to change."""
     if isinstance(err, (RunFolderError, TrainingDiverged)):
         return str(err)
@@ -481,7 +492,7 @@ def explain_failure(err: Exception, train: TrainSettings) -> str:
         return "Could not write the run's files: the disk is full. Free some space or choose another output folder."
     if "out of memory" in text.lower():
         return (
-            f"Out of memory. Lower the micro-batch size (now {train.micro_batch_size}) or max length "
-            f"(now {train.max_length}), or turn on 4-bit loading and gradient checkpointing."
+            f"Out of memory. Lower the micro-batch size (now {recipe.train.micro_batch_size}) or max length "
+            f"(now {recipe.model.max_length}), or turn on 4-bit loading and gradient checkpointing."
         )
     return f"Training failed: {text.splitlines()[0][:500]}"
