@@ -199,7 +199,7 @@ TEMPLATE_LABELS = {
     "plain-neutral": "### Question / ### Reasoning / ### Answer (neutral, any subject)",
 }
 """What a person picks from, by template: the app's radios read these rather than write their own.
-(tests/test_templates_and_holdout.py checks that each ### label names its template's headers.)"""
+(tests/unit/test_templates_and_holdout.py checks that each ### label names its template's headers.)"""
 
 ExportFormat = Literal["adapter", "merged_16bit", "gguf_q8_0", "gguf_q4_k_m", "gguf_f16"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
