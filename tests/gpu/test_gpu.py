@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -219,13 +220,16 @@ def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
     from finetune.train.recipe import Recipe
     from finetune.train.trainer import start_training
 
-    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("GPU_TOKENIZER_DIR", ROOT / ".gpu-carry" / "tokenizer"))
+    tokenizer_dir = Path(os.environ.get("GPU_TOKENIZER_DIR", ROOT / ".gpu-carry" / "tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # only its size is used
     config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=2, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=len(tokenizer), max_position_embeddings=4096)
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "wide")
-    tokenizer.chat_template = R1_TEMPLATE.read_text()
-    tokenizer.save_pretrained(tmp_path / "wide")
+    # The tokenizer's own files, not a re-save: a Llama folder over this ByteLevel tokenizer loads as
+    # LlamaTokenizer, which drops spaces (the trap load_model repairs), and saving that one keeps it broken.
+    shutil.copytree(tokenizer_dir, tmp_path / "wide", dirs_exist_ok=True)
+    (tmp_path / "wide" / "chat_template.jinja").write_text(R1_TEMPLATE.read_text())
     loaded = load_model(ModelSettings(str(tmp_path / "wide"), load_in_4bit=True, max_length=1024, backend="unsloth"))
     data = prepare_dataset(DataSettings(max_rows=64), loaded.tokenizer, max_length=1024)
     losses = {}
