@@ -73,6 +73,7 @@ SPELLINGS: dict[str, Spelling] = {
     "EvalSettings.template": Spelling(choices=TEMPLATES, shown="the adapter's, else chat"),
     "GenerationSettings.template": Spelling(choices=TEMPLATES, shown="the adapter's, else chat"),
     "GenerationSettings.fast": Spelling("--decoder", words={"fast": True, "generate": False}),
+    "EvalSettings.fast": Spelling("--decoder", words={"fast": True, "generate": False}),
 }
 """Keyed by "Class.field". The rest of a field's flag comes from the field itself."""
 

@@ -226,6 +226,7 @@ MEASURES = [
     ("mean_answer_tokens", "Mean answer length (tokens)", "{:.0f}"),
     ("mean_generation_s", "Generation time per question (s)", "{:.1f}"),
     ("n", "Questions", "{}"),
+    ("decoder", "Written by", "{}"),
 ]
 QUESTION_HEADERS = ["#", "Question", "Gold", *TITLES.values()]
 """The per-question table's headers before any evaluation (a report brings its own, `question_headers`)."""

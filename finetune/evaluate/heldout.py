@@ -55,7 +55,8 @@ from finetune.data.sources import (
     to_examples,
 )
 from finetune.data.think import split_think
-from finetune.generate.reply import StopOnEvent, check_room
+from finetune.generate.fast_decode import Sampling, decoder_for
+from finetune.generate.reply import GENERATE, StopOnEvent, check_room
 from finetune.models.adapters import adapter_switched
 from finetune.models.load import LoadedModel
 
@@ -98,6 +99,9 @@ class EvalSettings:
     """Rows are cut to this many tokens for the held-out loss, as in training."""
     generate: bool = True
     """False: held-out loss only (seconds instead of minutes on a CPU)."""
+    fast: bool = True
+    """Write the answers with the fast decoder, a batch at a time (`finetune.generate.fast_decode`), where the
+    model allows and it fits; False: transformers' generate on the loaded model."""
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -258,14 +262,16 @@ def generate_answers(
     stop: threading.Event | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    decoders: list[str] | None = None,
 ) -> list[ItemResult]:
     """Answers to the items, a batch at a time; `on_batch(done)` after each batch, and
     `on_step(steps, tokens)` after each token step of a batch: steps so far, and tokens written so far
-    by the batch's questions that have not yet ended."""
+    by the batch's questions that have not yet ended. `decoders` gets the decoding path of each batch."""
     tokenizer = loaded.tokenizer
     template = effective_template(settings.template, tokenizer)
     open_tag, close_tag = reasoning_tags(template)
     results: list[ItemResult] = []
+    decoders = [] if decoders is None else decoders
     for start in range(0, len(items), settings.batch_size):
         if stop is not None and stop.is_set():
             break
@@ -274,7 +280,8 @@ def generate_answers(
         began = time.perf_counter()
         with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
             torch.manual_seed(settings.seed + start)
-            texts = _generate_batch(loaded, prompts, settings, stop, on_step)
+            texts, decoder = _generate_batch(loaded, prompts, settings, use_adapter, stop, on_step)
+            decoders.append(decoder)
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, (item, prompt, text) in enumerate(zip(batch, prompts, texts, strict=True)):
             opened = prompt_opens_reasoning(prompt, template)
@@ -299,8 +306,10 @@ def generate_answers(
     return results
 
 
-def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings,
-                    stop: threading.Event | None, on_step: Callable[[int, int], None] | None = None) -> list[str]:
+def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings, use_adapter: bool,
+                    stop: threading.Event | None,
+                    on_step: Callable[[int, int], None] | None = None) -> tuple[list[str], str]:
+    """The answers to one batch of prompts, and which decoding path wrote them."""
     from transformers import StoppingCriteriaList  # heavy: this module is imported at the app's start
 
     tokenizer = loaded.tokenizer
@@ -310,6 +319,18 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
     finally:
         tokenizer.padding_side = side
     check_room(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
+    decoder = None
+    if settings.fast:  # sized for the whole evaluation's batch, so a last, smaller batch reuses it
+        tokens_needed = inputs["input_ids"].shape[1] + settings.max_new_tokens
+        decoder = decoder_for(loaded, use_adapter, tokens_needed, batch=settings.batch_size)
+    if decoder is not None:
+        # Each prompt without its left padding: the fast decoder reads each prompt on its own.
+        unpadded = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
+        sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 1.0)
+        answers = decoder.generate_batch(unpadded, settings.max_new_tokens, sampling, set(_end_ids(loaded)),
+                                         stop, on_step)
+        texts = tokenizer.batch_decode(answers, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return texts, decoder.description
     inputs = inputs.to(next(loaded.model.parameters()).device)
     criteria = StoppingCriteriaList([StopOnEvent(stop)] if stop is not None else [])
     if on_step is not None:
@@ -321,7 +342,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
                                    pad_token_id=tokenizer.pad_token_id, stopping_criteria=criteria or None)
     new = output[:, inputs["input_ids"].shape[1]:]
     # No clean-up: it is for WordPiece tokenizers, and a BPE one ignores it with a warning in the log.
-    return tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return tokenizer.batch_decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False), GENERATE
 
 
 def _end_ids(loaded: LoadedModel) -> list[int]:
@@ -357,8 +378,10 @@ def _count_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
-def summarize(results: Sequence[ItemResult], loss: float | None, loss_tokens: int) -> dict:
-    """The figures of one model: held-out loss and perplexity, format adherence, MCQ accuracy, lengths, time."""
+def summarize(results: Sequence[ItemResult], loss: float | None, loss_tokens: int,
+              decoders: Sequence[str] = ()) -> dict:
+    """The figures of one model: held-out loss and perplexity, format adherence, MCQ accuracy, lengths, time,
+    and the decoding path(s) that wrote the answers."""
     n = len(results)
     graded = [r for r in results if r.correct is not None]
 
@@ -378,6 +401,7 @@ def summarize(results: Sequence[ItemResult], loss: float | None, loss_tokens: in
         "mean_reasoning_tokens": mean(r.reasoning_tokens for r in results),
         "mean_answer_tokens": mean(r.answer_tokens for r in results),
         "mean_generation_s": mean(r.seconds for r in results) if n else None,
+        "decoder": "; ".join(dict.fromkeys(decoders)) or None,
     }
 
 
@@ -410,7 +434,7 @@ def evaluate(
         if tracker.loss_rows:
             tracker.begin(name, "loss")
             loss, loss_tokens = held_out_loss(loaded, items, settings, use_adapter, on_row=tracker.row_scored)
-        results = []
+        results, decoders = [], []
         if settings.generate:
             def batch_done(done: int, name=name) -> None:
                 tracker.batch_done(done)
@@ -418,9 +442,10 @@ def evaluate(
                     on_progress(name, done, len(items))
 
             tracker.begin(name, "answers")
-            results = generate_answers(loaded, items, settings, use_adapter, stop, batch_done, tracker.step)
+            results = generate_answers(loaded, items, settings, use_adapter, stop, batch_done, tracker.step,
+                                       decoders)
         tracker.model_done()
-        report.metrics[name] = summarize(results, loss, loss_tokens)
+        report.metrics[name] = summarize(results, loss, loss_tokens, decoders)
         report.items[name] = results
     report.stopped = bool(stop is not None and stop.is_set())
     return report

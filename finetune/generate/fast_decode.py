@@ -1,29 +1,37 @@
-"""Fast batch-1 decoding: merged weights, a static KV cache, and one CUDA graph per token.
+"""Fast decoding: merged weights, a static KV cache, and one CUDA graph per token step.
 
 Chat answers one question at a time, so each new token is a matrix-vector product per weight:
-the speed limit is reading the weights from memory once per token. Three things get in the way on
-the usual path, and this decoder removes them:
+the speed limit is reading the weights from memory once per token. Evaluation answers a batch of
+questions together, which reads the weights once for the whole batch. Three things get in the way
+on the usual path, and this decoder removes them:
 
 1. the 4-bit weights are dequantized again for every token, and the LoRA adapter adds seven small
    products per layer: here the adapter is merged into one 16-bit copy of the weights, written once
    (and rewritten in place, in milliseconds, when chat switches between base and fine-tuned);
 2. the KV cache grows token by token: here it is allocated once, for the whole conversation;
 3. hundreds of small kernel launches per token, each waiting on Python: on CUDA, one decode step is
-   captured as a CUDA graph and replayed, so a token costs one launch.
+   captured as a CUDA graph and replayed, so a token step (of one question or of a batch) costs one
+   launch.
 
 It supports the Llama family that the presets use (Llama, Qwen2, SmolLM2); `decoder_for` returns
 None for anything else, and chat falls back to transformers' `generate`.
 
     decoder = decoder_for(loaded, use_adapter=True, tokens_needed=2048)
-    for token in decoder.generate(prompt_ids, settings, stop):
+    for token in decoder.generate(prompt_ids, max_new_tokens, sampling, eos_ids):
         ...
+    decoder = decoder_for(loaded, use_adapter=True, tokens_needed=2560, batch=8)
+    answers = decoder.generate_batch(prompts, max_new_tokens, sampling, eos_ids)
+
+A batch is decoded in lockstep: each question's prompt is read on its own into its row of the cache,
+then every step writes one token for every row at that row's own position, so no prompt is padded and
+no row waits for another's prompt. A row that has ended keeps a slot in the graph until the batch ends.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -66,34 +74,37 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int) -> FastDecoder | None:
-    """The loaded model's fast decoder, holding the base (adapter off) or fine-tuned weights; None when
-    this model cannot use one or the GPU has no room for a 16-bit copy (chat then uses `generate`).
+def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batch: int = 1) -> FastDecoder | None:
+    """The loaded model's fast decoder for `batch` sequences of up to `tokens_needed` tokens each, holding
+    the base (adapter off) or fine-tuned weights; None when this model cannot use one or the GPU has no
+    room for a 16-bit copy and the cache (the caller then uses `generate`).
 
     The decoder lives on `loaded.decoder` until the adapter changes (see `finetune.models.adapters`) or a
-    training run starts, which drop it to give training the memory.
+    training run starts, which drop it to give training the memory. One decoder at a time: chat's
+    (batch 1) and evaluation's (batch N) replace each other, as two 16-bit copies rarely fit.
     """
     decoder = loaded.decoder
     capacity = CAPACITY_STEP * math.ceil(tokens_needed / CAPACITY_STEP)
-    if decoder is not None and decoder.capacity < capacity:
-        loaded.decoder = decoder = None  # free the small cache before a larger one is made
+    if decoder is not None and (decoder.capacity < capacity or decoder.batch != batch):
+        loaded.decoder = decoder = None  # free the old copy and cache before new ones are made
     if decoder is None:
-        if unsupported_reason(loaded.model) is not None or not _fits(loaded.model, capacity):
+        if unsupported_reason(loaded.model) is not None or not _fits(loaded.model, capacity * batch):
             return None
-        decoder = loaded.decoder = FastDecoder(loaded.model, capacity)
+        decoder = loaded.decoder = FastDecoder(loaded.model, capacity, batch=batch)
     decoder.load_weights(loaded.model, use_adapter)
     return decoder
 
 
 class FastDecoder:
-    """A Llama-family decoder over plain tensors, for one sequence at a time."""
+    """A Llama-family decoder over plain tensors, for `batch` sequences of up to `capacity` tokens."""
 
-    def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None):
+    def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None, batch: int = 1):
         """`dtype`: the precision of the copy; by default 16-bit on a GPU, the model's own on CPU."""
         inner = inner_model(model)
         config = inner.config
         embed = inner.model.embed_tokens.weight
         self.device, self.dtype, self.capacity = embed.device, dtype or _decode_dtype(embed), capacity
+        self.batch = batch
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -103,13 +114,15 @@ class FastDecoder:
         self.lm_head = inner.lm_head.weight.to(self.dtype)
         self.layers = [_LayerWeights.allocate(layer, self.device, self.dtype) for layer in inner.model.layers]
         self.weights_key: tuple | None = None
-        cache_shape = (len(self.layers), 1, self.kv_heads, capacity, self.head_dim)
+        cache_shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
         with torch.inference_mode():
             self.k_cache = torch.zeros(cache_shape, device=self.device, dtype=self.dtype)
             self.v_cache = torch.zeros(cache_shape, device=self.device, dtype=self.dtype)
             self.cos, self.sin = _rope_tables(inner, capacity, self.head_dim, self.device, self.dtype)
-            self.token = torch.zeros((1, 1), device=self.device, dtype=torch.long)
-            self.position = torch.zeros((1,), device=self.device, dtype=torch.long)
+            # The graph's inputs: a token and a position per row (rows in use or not).
+            self.tokens = torch.zeros((batch, 1), device=self.device, dtype=torch.long)
+            self.positions = torch.zeros((batch, 1), device=self.device, dtype=torch.long)
+            self.rows = torch.arange(batch, device=self.device).view(batch, 1)
             self.slots = torch.arange(capacity, device=self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_logits: torch.Tensor | None = None
@@ -118,7 +131,8 @@ class FastDecoder:
     def description(self) -> str:
         precision = str(self.dtype).removeprefix("torch.")
         graphs = ", CUDA graphs" if self.device.type == "cuda" else ""
-        return f"fast decoder: merged {precision} weights, static KV cache{graphs}"
+        batch = f", batch {self.batch}" if self.batch > 1 else ""
+        return f"fast decoder: merged {precision} weights, static KV cache{graphs}{batch}"
 
     def load_weights(self, model: torch.nn.Module, use_adapter: bool) -> None:
         """Write the model's weights (adapter merged in, or left out) into this decoder's copy."""
@@ -132,28 +146,31 @@ class FastDecoder:
 
     # The forward pass ------------------------------------------------------------------------
 
-    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits of the last token; writes the keys and values of `tokens` into the cache."""
-        x = F.embedding(tokens, self.embed)  # (1, T, hidden)
-        cos, sin = self.cos[positions], self.sin[positions]  # (T, head_dim)
+    def _forward(self, tokens: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Logits of each row's last token, (rows, vocab); writes the keys and values of `tokens` into
+        the cache. `tokens` and `positions` are (rows, T), `rows` the cache rows they go to, (rows, 1):
+        a prompt is one row of T tokens, a decode step every row with T = 1."""
+        x = F.embedding(tokens, self.embed)  # (rows, T, hidden)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (rows, 1, T, head_dim)
         for index, layer in enumerate(self.layers):
-            x = x + self._attention(index, layer, _rms_norm(x, layer.attn_norm, self.eps), positions, cos, sin)
+            x = x + self._attention(index, layer, _rms_norm(x, layer.attn_norm, self.eps), positions, rows, cos, sin)
             hidden = F.linear(_rms_norm(x, layer.mlp_norm, self.eps), layer.gate_up)
             gate, up = hidden.chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
         x = _rms_norm(x[:, -1], self.final_norm, self.eps)
-        return F.linear(x, self.lm_head).float()[0]
+        return F.linear(x, self.lm_head).float()
 
-    def _attention(self, index, layer, x, positions, cos, sin) -> torch.Tensor:
-        length = x.shape[1]
+    def _attention(self, index, layer, x, positions, rows, cos, sin) -> torch.Tensor:
+        count, length = x.shape[:2]
         qkv = F.linear(x, layer.qkv, layer.qkv_bias)
         q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                              self.kv_heads * self.head_dim], dim=-1)
-        q = _rotate(q.view(1, length, self.heads, self.head_dim).transpose(1, 2), cos, sin)
-        k = _rotate(k.view(1, length, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(1, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        self.k_cache[index].index_copy_(2, positions, k)
-        self.v_cache[index].index_copy_(2, positions, v)
+        q = _rotate(q.view(count, length, self.heads, self.head_dim).transpose(1, 2), cos, sin)
+        k = _rotate(k.view(count, length, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(count, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        # Each row's keys and values into its own row of the cache, at its own positions.
+        self.k_cache[index][rows, :, positions] = k.transpose(1, 2)
+        self.v_cache[index][rows, :, positions] = v.transpose(1, 2)
         if length == 1:
             out = self._attend_one(q, index, positions)
         else:  # a fresh prompt from position 0: causal attention over the prompt
@@ -161,32 +178,41 @@ class FastDecoder:
             out = F.scaled_dot_product_attention(
                 q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), is_causal=True
             )
-        return F.linear(out.transpose(1, 2).reshape(1, length, -1), layer.out)
+        return F.linear(out.transpose(1, 2).reshape(count, length, -1), layer.out)
 
-    def _attend_one(self, q: torch.Tensor, index: int, position: torch.Tensor) -> torch.Tensor:
-        """One query against the whole cache, grouped by KV head so the cache is read once, unexpanded."""
+    def _attend_one(self, q: torch.Tensor, index: int, positions: torch.Tensor) -> torch.Tensor:
+        """One query per row against its row of the cache, grouped by KV head so the cache is read once,
+        unexpanded; each row sees the slots up to its own position."""
         group = self.heads // self.kv_heads
-        q = q.view(1, self.kv_heads, group, self.head_dim)
+        q = q.view(self.batch, self.kv_heads, group, self.head_dim)
         scores = torch.matmul(q, self.k_cache[index].transpose(-1, -2)).float() / math.sqrt(self.head_dim)
-        scores = scores.masked_fill(self.slots > position, float("-inf"))
+        scores = scores.masked_fill(self.slots > positions.view(self.batch, 1, 1, 1), float("-inf"))
         out = torch.matmul(scores.softmax(dim=-1).to(self.dtype), self.v_cache[index])
-        return out.view(1, self.heads, 1, self.head_dim)
+        return out.view(self.batch, self.heads, 1, self.head_dim)
 
     # Generation -------------------------------------------------------------------------------
 
-    def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Run the prompt (1-D token ids) from position 0; the logits for the first new token."""
+    def prefill(self, prompt: torch.Tensor, row: int = 0) -> torch.Tensor:
+        """Run the prompt (1-D token ids) from position 0 into cache row `row`; the logits for its first
+        new token, (vocab,)."""
         if prompt.numel() >= self.capacity:
             raise ValueError(f"prompt of {prompt.numel()} tokens does not fit a cache of {self.capacity}")
         prompt = prompt.to(self.device).view(1, -1)
-        return self._forward(prompt, torch.arange(prompt.shape[1], device=self.device))
+        positions = torch.arange(prompt.shape[1], device=self.device).view(1, -1)
+        return self._forward(prompt, positions, self.rows[row : row + 1])[0]
 
     def step(self, token: torch.Tensor, position: int) -> torch.Tensor:
-        """Logits after `token` (a 1-element tensor) at `position`; on CUDA a CUDA graph replay."""
-        self.token.copy_(token.view(1, 1))
-        self.position.fill_(position)
+        """Batch 1: the logits after `token` (a 1-element tensor) at `position`, (vocab,)."""
+        self.positions.fill_(position)
+        return self.step_rows(token.view(1), self.positions.view(1))[0]
+
+    def step_rows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The logits after one token per row at that row's position (both (batch,)), (batch, vocab);
+        on CUDA a CUDA graph replay."""
+        self.tokens.copy_(tokens.view(self.batch, 1))
+        self.positions.copy_(positions.view(self.batch, 1))
         if self.device.type != "cuda":
-            return self._forward(self.token, self.position)
+            return self._forward(self.tokens, self.positions, self.rows)
         if self.graph is None:
             self._capture()
         self.graph.replay()
@@ -194,16 +220,16 @@ class FastDecoder:
 
     def _capture(self) -> None:
         # A few eager runs on a side stream first, as CUDA graph capture requires; they write only
-        # into cache slot `self.position`, which the next real step overwrites.
+        # into each row's slot at `self.positions`, which the next real step overwrites.
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._forward(self.token, self.position)
+                self._forward(self.tokens, self.positions, self.rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.graph_logits = self._forward(self.token, self.position)
+            self.graph_logits = self._forward(self.tokens, self.positions, self.rows)
         self.graph = graph
 
     def generate(
@@ -228,6 +254,56 @@ class FastDecoder:
                     return
                 seen[token] = True
                 logits = self.step(token, prompt.numel() + offset)
+
+    def generate_batch(
+        self,
+        prompts: list[torch.Tensor],
+        max_new_tokens: int,
+        sampling: Sampling,
+        eos_token_ids: set[int],
+        stop: threading.Event | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> list[list[int]]:
+        """New token ids for up to `batch` prompts (1-D each), decoded together: each answer ends with
+        its end-of-sequence token (kept) or at the limit. All stop at `stop`. `on_step(steps, tokens)`
+        after each step: steps so far, and tokens written so far by the answers not yet ended."""
+        count = len(prompts)
+        if not 0 < count <= self.batch:
+            raise ValueError(f"{count} prompts for a decoder of batch {self.batch}")
+        longest = max(p.numel() for p in prompts)
+        max_new_tokens = min(max_new_tokens, self.capacity - longest)
+        with torch.inference_mode():
+            lengths = torch.tensor([p.numel() for p in prompts], device=self.device)
+            seen = torch.zeros((count, self.embed.shape[0]), dtype=torch.bool, device=self.device)
+            logits = []
+            for row, prompt in enumerate(prompts):
+                seen[row, prompt.to(self.device)] = True
+                logits.append(self.prefill(prompt, row))
+            logits = torch.stack(logits)
+            ends = torch.tensor(sorted(eos_token_ids), device=self.device, dtype=torch.long)
+            ended = torch.zeros(count, dtype=torch.bool, device=self.device)
+            written: list[torch.Tensor] = []
+            tokens_written = 0
+            # Rows past `count` (a last, smaller batch) decode token 0 at position 0: slots no answer reads.
+            step_tokens = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+            step_positions = torch.zeros(self.batch, dtype=torch.long, device=self.device)
+            for offset in range(max_new_tokens):
+                tokens = _next_token(logits, sampling, seen).view(count)
+                written.append(torch.where(ended, -1, tokens))  # -1: after this row's end
+                open_before = ~ended
+                ended = ended | torch.isin(tokens, ends)
+                # One wait for the GPU a step, as generate's stopping checks: how many rows were and are open.
+                writing, still_open = torch.stack([open_before.sum(), (~ended).sum()]).tolist()
+                tokens_written += writing
+                if on_step is not None:
+                    on_step(offset + 1, tokens_written)
+                if not still_open or (stop is not None and stop.is_set()) or offset + 1 == max_new_tokens:
+                    break
+                seen[torch.arange(count, device=self.device), tokens] = True
+                step_tokens[:count], step_positions[:count] = tokens, lengths + offset
+                logits = self.step_rows(step_tokens, step_positions)[:count]
+            table = torch.stack(written, dim=1).tolist() if written else [[] for _ in prompts]
+        return [[token for token in row if token >= 0] for row in table]
 
 
 @dataclass
@@ -350,17 +426,18 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _next_token(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor) -> torch.Tensor:
-    """Repetition penalty, then greedy or temperature and nucleus (top-p) sampling; a 1-element tensor."""
+    """Repetition penalty, then greedy or temperature and nucleus (top-p) sampling, over the last
+    dimension: (vocab,) logits give a 1-element tensor, (rows, vocab) a (rows, 1) one."""
     if sampling.repetition_penalty != 1.0:
         penalized = torch.where(logits > 0, logits / sampling.repetition_penalty,
                                 logits * sampling.repetition_penalty)
         logits = torch.where(seen, penalized, logits)
     if sampling.temperature <= 0:
-        return logits.argmax().view(1)
+        return logits.argmax(dim=-1, keepdim=True)
     logits = logits / sampling.temperature
     if sampling.top_p < 1.0:
-        sorted_logits, order = logits.sort(descending=True)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative - sorted_logits.softmax(dim=-1) > sampling.top_p  # keeps the token crossing top_p
-        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(dim=-1), 1)

@@ -1,5 +1,6 @@
 """Evaluation: the chosen letter is read right, items load from each shape, and a tiny eval runs end to end."""
 
+import dataclasses
 import json
 
 import pytest
@@ -108,6 +109,25 @@ def test_tiny_eval_end_to_end_base_and_finetuned(loaded):
     assert ("base", 2, 3) in progress and ("finetuned", 3, 3) in progress
     rows = item_rows(report)
     assert len(rows) == 3 and rows[2]["gold"] == items[2].gold and "answer" in rows[2]["finetuned"]
+
+
+@pytest.mark.slow
+def test_fast_batched_answers_are_generates_answers(loaded):
+    """Greedy answers of the fast decoder, a batch at a time, are those of transformers' generate, for
+    base and fine-tuned; the report says which path wrote them."""
+    items = load_eval_items(str(SAMPLE_FILE), limit=3)
+    trained_looking_adapter(loaded, std=0.3)  # large enough to change the greedy answers
+    # The plain template opens the reasoning in the prompt, so an unfinished answer is all reasoning text.
+    settings = EvalSettings(max_new_tokens=12, batch_size=2, temperature=0.0, template="plain", max_length=256)
+    fast = evaluate(loaded, items, settings)
+    slow = evaluate(loaded, items, dataclasses.replace(settings, fast=False))
+    for name in ("base", "finetuned"):
+        assert all(r.reasoning_tokens > 5 for r in fast.items[name])
+        assert [r.reasoning for r in fast.items[name]] == [r.reasoning for r in slow.items[name]]
+        assert fast.metrics[name]["decoder"].startswith("fast decoder") and "batch 2" in fast.metrics[name]["decoder"]
+        assert slow.metrics[name]["decoder"] == "transformers generate"
+    # The fine-tuned answers differ from the base ones: the fast decoder merged the adapter in.
+    assert [r.reasoning for r in fast.items["base"]] != [r.reasoning for r in fast.items["finetuned"]]
 
 
 def test_stop_ends_the_eval_and_says_so(loaded):

@@ -108,3 +108,44 @@ def test_sampling_rules():
     assert {int(_next_token(logits, narrow, nothing_seen)) for _ in range(20)} == {1}  # top-p keeps the best
     seen = torch.tensor([False, True, False, False])
     assert int(_next_token(logits, Sampling(repetition_penalty=1.2), seen)) == 2  # 3.0 / 1.2 < 2.9
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_a_batch_writes_what_each_question_alone_and_transformers_write(model_type):
+    """Evaluation decodes its questions together: prompts of different lengths, a last batch smaller
+    than the decoder's, and an answer that ends early must each read as if decoded alone."""
+    model = tiny_model(model_type)
+    alone = FastDecoder(model, capacity=64)
+    alone.load_weights(model, use_adapter=False)
+    together = FastDecoder(model, capacity=64, batch=4)
+    together.load_weights(model, use_adapter=False)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 300, (n,), generator=generator) for n in (5, 12, 3)]  # 3 rows of 4
+    with torch.inference_mode():
+        expected = [model.generate(p.view(1, -1), max_new_tokens=16, min_new_tokens=16, do_sample=False)
+                    [0, p.numel():].tolist() for p in prompts]
+    assert together.generate_batch(prompts, 16, Sampling(), set()) == expected
+    assert [list(alone.generate(p, 16, Sampling(), set())) for p in prompts] == expected
+    end = expected[1][4]  # the second answer's fifth token ends it; the others go on unless they write it too
+    steps = []
+    ended = together.generate_batch(prompts, 16, Sampling(), {end}, on_step=lambda *s: steps.append(s))
+    for answer, full in zip(ended, expected, strict=True):
+        cut = full.index(end) + 1 if end in full else len(full)
+        assert answer == full[:cut]
+    assert steps[-1] == (max(len(a) for a in ended), sum(len(a) for a in ended))  # (steps, tokens written)
+
+
+def test_a_batch_larger_than_the_decoder_is_refused():
+    model = tiny_model("llama")
+    decoder = FastDecoder(model, capacity=64, batch=2)
+    decoder.load_weights(model, use_adapter=False)
+    with pytest.raises(ValueError, match="3 prompts for a decoder of batch 2"):
+        decoder.generate_batch([torch.tensor([1, 2])] * 3, 4, Sampling(), set())
+
+
+def test_sampling_rules_hold_row_by_row():
+    logits = torch.tensor([[1.0, 3.0, 2.9, -1.0], [4.0, 0.0, 0.0, 0.0]])
+    nothing_seen = torch.zeros(2, 4, dtype=torch.bool)
+    assert _next_token(logits, Sampling(), nothing_seen).view(-1).tolist() == [1, 0]
+    narrow = Sampling(temperature=1.0, top_p=0.01)
+    assert _next_token(logits, narrow, nothing_seen).view(-1).tolist() == [1, 0]
