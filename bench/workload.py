@@ -26,6 +26,13 @@ MODELS = {
     "qwen-1.5b": ROOT / "configs" / "deepseek-r1-distill-qwen-1.5b.json",
     "llama-8b": ROOT / "configs" / "deepseek-r1-distill-llama-8b.json",
 }
+TOKENIZERS = {
+    "qwen-1.5b": ROOT / ".gpu-carry" / "tokenizer",  # the real R1-Distill-Qwen tokenizer (../shared/data)
+    # The Llama-3 tokenizer is not here and the R1 one's ids pass Llama's 128,256: SmolLM2's (49,152) fit.
+    "llama-8b": ROOT / ".gpu-carry" / "smollm2-tokenizer",
+}
+"""Where the benchmark's model folders take their tokenizer from (BENCH_TOKENIZER overrides): real text
+is tokenized by it for the loss curve, the evaluation and the demo."""
 DATA_CANDIDATES = (
     ROOT.parent / "shared" / "data" / "medical_o1_sample.jsonl",
     ROOT / ".gpu-carry" / "medical_o1_sample.jsonl",
@@ -91,7 +98,6 @@ def model_folder(key: str) -> str:
     with torch.device(default_device()):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
-    # Any tokenizer whose ids fit the vocabulary: the rows are token ids already.
-    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("BENCH_TOKENIZER", ROOT / ".gpu-carry" / "tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(os.environ.get("BENCH_TOKENIZER", TOKENIZERS[key]))
     tokenizer.save_pretrained(folder)
     return str(folder)
