@@ -241,3 +241,26 @@ def test_a_wide_model_trains_with_fp8_and_says_so(tmp_path):
         assert job.result["fp8_matmuls"] is fp8
         losses[fp8] = job.metrics[0]["loss"]  # the same model and rows: the first losses compare
     assert abs(losses[True] - losses[False]) < 0.02 * losses[False]
+
+
+def test_a_batch_decoded_in_one_graph_writes_what_each_question_alone_writes():
+    """Evaluation's batched path on CUDA (one graph replay a step for the whole batch, prompts of
+    different lengths, a last batch smaller than the decoder's) against batch-1 decoding, in float32
+    so that the two orders of summation cannot part the greedy choices."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from finetune.generate.fast_decode import FastDecoder, Sampling
+
+    config = AutoConfig.for_model("qwen2", vocab_size=512, hidden_size=256, intermediate_size=512,
+                                  num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).cuda().eval()
+    alone = FastDecoder(model, capacity=256, dtype=torch.float32)
+    alone.load_weights(model, use_adapter=False)
+    together = FastDecoder(model, capacity=256, dtype=torch.float32, batch=8)
+    together.load_weights(model, use_adapter=False)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 512, (n,), generator=generator) for n in (7, 40, 3, 19, 64)]
+    expected = [list(alone.generate(p, 48, Sampling(), set())) for p in prompts]
+    assert together.generate_batch(prompts, 48, Sampling(), set()) == expected
+    assert together.graph is not None  # the steps were graph replays
