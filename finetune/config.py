@@ -142,8 +142,9 @@ class TrainSettings:
     """A checkpoint (adapter, optimizer, data position) to resume from every this many steps; None (auto):
     ten a run."""
     fp8_matmuls: bool = False
-    """FP8 for the frozen 4-bit base weights' forward matmuls, where it pays: Unsloth, an Ada/Hopper GPU,
-    a model 4096 wide or more (8B class); elsewhere a no-op.
+    """FP8 for the frozen 4-bit base weights' forward matmuls, where it can run: Unsloth, an Ada/Hopper GPU,
+    a model 4096 wide or more (8B class); elsewhere a no-op. Off by default: on Llama-8B it measured no
+    faster than Unsloth's own 16-bit products at the same batch (docs/benchmarks.md).
 
     The adapter, its gradients and the loss stay 16-bit (see fp8_matmul.py)."""
 
@@ -171,13 +172,14 @@ class TrainSettings:
     @classmethod
     def fast(cls, **overrides) -> TrainSettings:
         """The seeds' recipe at the same effective batch (8), in one micro-batch: the same updates,
-        fewer and fuller kernel launches; the base weights' matmuls in FP8 where the GPU has it (see
-        docs/benchmarks.md). Batches stay in random order, as in the seeds' recipe: batches of similar
+        fewer and fuller kernel launches. Unsloth set to 8 x 1 trains as fast (docs/benchmarks.md), so
+        this is no lead over Unsloth at its best, only over the seeds' 2 x 4. FP8 base matmuls stay
+        off: against Unsloth at 8 x 1 they measured 0.85x to 1.00x on Llama-8B, for 3.75% error per
+        product. Batches stay in random order, as in the seeds' recipe: batches of similar
         lengths weigh short rows' tokens more (each batch's loss is a mean over its own tokens), and
         moved Llama-8B's held-out loss beyond the spread of row orders; Unsloth's padding-free
         batches leave little padding for them to save."""
-        return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "random",
-                      "fp8_matmuls": True, **overrides})
+        return cls(**{"micro_batch_size": 8, "grad_accum_steps": 1, "sampling": "random", **overrides})
 
 
 def lora_for_device(device: str) -> LoraSettings:
