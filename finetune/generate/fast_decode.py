@@ -33,6 +33,7 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,10 @@ import torch.nn.functional as F
 from finetune.models.load import LoadedModel
 from finetune.models.merge import base_layer, inner_model, merged_weight
 
+DecoderWeights = Literal["merged", "4bit"]
+"""What the decoder multiplies by: 'merged', a 16-bit copy with the adapter merged in (fastest, the
+most memory); '4bit', the model's own 4-bit weights through bitsandbytes with the adapter beside them
+(for a GPU with no room for the copy, e.g. Llama-8B on 24 GB)."""
 SUPPORTED_MODELS = ("llama", "qwen2")
 SUPPORTED_ROPE = ("default", "linear", "llama3", "yarn")
 CAPACITY_STEP = 512
@@ -88,9 +93,10 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batc
     if decoder is not None and (decoder.capacity < capacity or decoder.batch != batch):
         loaded.decoder = decoder = None  # free the old copy and cache before new ones are made
     if decoder is None:
-        if unsupported_reason(loaded.model) is not None or not _fits(loaded.model, capacity * batch):
+        weights = _weights_that_fit(loaded.model, capacity * batch)
+        if unsupported_reason(loaded.model) is not None or weights is None:
             return None
-        decoder = loaded.decoder = FastDecoder(loaded.model, capacity, batch=batch)
+        decoder = loaded.decoder = FastDecoder(loaded.model, capacity, batch=batch, weights=weights)
     decoder.load_weights(loaded.model, use_adapter)
     return decoder
 
@@ -98,21 +104,28 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batc
 class FastDecoder:
     """A Llama-family decoder over plain tensors, for `batch` sequences of up to `capacity` tokens."""
 
-    def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None, batch: int = 1):
-        """`dtype`: the precision of the copy; by default 16-bit on a GPU, the model's own on CPU."""
+    def __init__(self, model: torch.nn.Module, capacity: int, dtype: torch.dtype | None = None, batch: int = 1,
+                 weights: DecoderWeights = "merged"):
+        """`dtype`: the precision of the copy (and of the activations); by default 16-bit on a GPU, the
+        model's own on CPU."""
         inner = inner_model(model)
         config = inner.config
         embed = inner.model.embed_tokens.weight
         self.device, self.dtype, self.capacity = embed.device, dtype or _decode_dtype(embed), capacity
-        self.batch = batch
+        self.batch, self.weights = batch, weights
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
-        self.embed = embed.to(self.dtype)
+        self.embed = embed  # only its rows are read, a token at a time: no copy, cast after the lookup
         self.final_norm = inner.model.norm.weight.to(self.dtype)
         self.lm_head = inner.lm_head.weight.to(self.dtype)
-        self.layers = [_LayerWeights.allocate(layer, self.device, self.dtype) for layer in inner.model.layers]
+        with torch.inference_mode():
+            self.adapter_on = torch.zeros((), device=self.device, dtype=self.dtype)
+        if weights == "4bit":
+            self.layers = [_FourBitLayer(layer, self.dtype, self.adapter_on) for layer in inner.model.layers]
+        else:
+            self.layers = [_MergedLayer.allocate(layer, self.device, self.dtype) for layer in inner.model.layers]
         self.weights_key: tuple | None = None
         cache_shape = (len(self.layers), batch, self.kv_heads, capacity, self.head_dim)
         with torch.inference_mode():
@@ -126,22 +139,30 @@ class FastDecoder:
             self.slots = torch.arange(capacity, device=self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_logits: torch.Tensor | None = None
+        self.graph_error: str | None = None
+        """Why a step could not be captured as a CUDA graph (it then runs eagerly), or None."""
 
     @property
     def description(self) -> str:
         precision = str(self.dtype).removeprefix("torch.")
-        graphs = ", CUDA graphs" if self.device.type == "cuda" else ""
+        graphs = ", CUDA graphs" if self.device.type == "cuda" and self.graph_error is None else ""
         batch = f", batch {self.batch}" if self.batch > 1 else ""
+        if self.weights == "4bit":
+            return f"fast decoder: the model's 4-bit weights, adapter beside them, {precision}, static KV cache" \
+                   f"{graphs}{batch}"
         return f"fast decoder: merged {precision} weights, static KV cache{graphs}{batch}"
 
     def load_weights(self, model: torch.nn.Module, use_adapter: bool) -> None:
-        """Write the model's weights (adapter merged in, or left out) into this decoder's copy."""
+        """Write the model's weights (adapter merged in, or left out) into this decoder's copy; over 4-bit
+        weights, switch the adapter beside them on or off."""
         key = (id(model), use_adapter)
         if key == self.weights_key:
             return
         with torch.inference_mode():
-            for layer, weights in zip(inner_model(model).model.layers, self.layers, strict=True):
-                weights.fill(layer, use_adapter)
+            self.adapter_on.fill_(1.0 if use_adapter else 0.0)
+            if self.weights == "merged":
+                for layer, weights in zip(inner_model(model).model.layers, self.layers, strict=True):
+                    weights.fill(layer, use_adapter)
         self.weights_key = key
 
     # The forward pass ------------------------------------------------------------------------
@@ -150,19 +171,18 @@ class FastDecoder:
         """Logits of each row's last token, (rows, vocab); writes the keys and values of `tokens` into
         the cache. `tokens` and `positions` are (rows, T), `rows` the cache rows they go to, (rows, 1):
         a prompt is one row of T tokens, a decode step every row with T = 1."""
-        x = F.embedding(tokens, self.embed)  # (rows, T, hidden)
+        x = F.embedding(tokens, self.embed).to(self.dtype)  # (rows, T, hidden)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (rows, 1, T, head_dim)
         for index, layer in enumerate(self.layers):
             x = x + self._attention(index, layer, _rms_norm(x, layer.attn_norm, self.eps), positions, rows, cos, sin)
-            hidden = F.linear(_rms_norm(x, layer.mlp_norm, self.eps), layer.gate_up)
-            gate, up = hidden.chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = layer.gate_up(_rms_norm(x, layer.mlp_norm, self.eps)).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
         x = _rms_norm(x[:, -1], self.final_norm, self.eps)
         return F.linear(x, self.lm_head).float()
 
     def _attention(self, index, layer, x, positions, rows, cos, sin) -> torch.Tensor:
         count, length = x.shape[:2]
-        qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+        qkv = layer.qkv(x)
         q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                              self.kv_heads * self.head_dim], dim=-1)
         q = _rotate(q.view(count, length, self.heads, self.head_dim).transpose(1, 2), cos, sin)
@@ -178,7 +198,7 @@ class FastDecoder:
             out = F.scaled_dot_product_attention(
                 q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), is_causal=True
             )
-        return F.linear(out.transpose(1, 2).reshape(count, length, -1), layer.out)
+        return layer.out(out.transpose(1, 2).reshape(count, length, -1))
 
     def _attend_one(self, q: torch.Tensor, index: int, positions: torch.Tensor) -> torch.Tensor:
         """One query per row against its row of the cache, grouped by KV head so the cache is read once,
@@ -211,10 +231,10 @@ class FastDecoder:
         on CUDA a CUDA graph replay."""
         self.tokens.copy_(tokens.view(self.batch, 1))
         self.positions.copy_(positions.view(self.batch, 1))
-        if self.device.type != "cuda":
-            return self._forward(self.tokens, self.positions, self.rows)
-        if self.graph is None:
+        if self.graph is None and self.device.type == "cuda" and self.graph_error is None:
             self._capture()
+        if self.graph is None:
+            return self._forward(self.tokens, self.positions, self.rows)
         self.graph.replay()
         return self.graph_logits
 
@@ -228,8 +248,13 @@ class FastDecoder:
                 self._forward(self.tokens, self.positions, self.rows)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.graph_logits = self._forward(self.tokens, self.positions, self.rows)
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.graph_logits = self._forward(self.tokens, self.positions, self.rows)
+        except RuntimeError as err:  # a library kernel that cannot be captured: the steps run eagerly instead
+            torch.cuda.synchronize(self.device)
+            self.graph_error = str(err).splitlines()[0][:200]
+            return
         self.graph = graph
 
     def generate(
@@ -307,19 +332,32 @@ class FastDecoder:
 
 
 @dataclass
-class _LayerWeights:
-    """One decoder layer's weights: q, k, v fused into one matrix, and gate with up, for fewer launches."""
+class _MergedLayer:
+    """One decoder layer's weights, the adapter merged in: q, k, v fused into one matrix, and gate with
+    up, for fewer launches."""
 
     attn_norm: torch.Tensor
     mlp_norm: torch.Tensor
-    qkv: torch.Tensor
+    qkv_weight: torch.Tensor
     qkv_bias: torch.Tensor | None
-    out: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    out_weight: torch.Tensor
+    gate_up_weight: torch.Tensor
+    down_weight: torch.Tensor
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.qkv_weight, self.qkv_bias)
+
+    def out(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.out_weight)
+
+    def gate_up(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.gate_up_weight)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.down_weight)
 
     @classmethod
-    def allocate(cls, layer, device, dtype) -> _LayerWeights:
+    def allocate(cls, layer, device, dtype) -> _MergedLayer:
         attn, mlp = layer.self_attn, layer.mlp
 
         def empty(*modules) -> torch.Tensor:
@@ -332,21 +370,71 @@ class _LayerWeights:
             return cls(
                 attn_norm=layer.input_layernorm.weight.to(dtype),
                 mlp_norm=layer.post_attention_layernorm.weight.to(dtype),
-                qkv=empty(attn.q_proj, attn.k_proj, attn.v_proj),
+                qkv_weight=empty(attn.q_proj, attn.k_proj, attn.v_proj),
                 qkv_bias=torch.empty(bias_rows, device=device, dtype=dtype) if has_bias else None,
-                out=empty(attn.o_proj),
-                gate_up=empty(mlp.gate_proj, mlp.up_proj),
-                down=empty(mlp.down_proj),
+                out_weight=empty(attn.o_proj),
+                gate_up_weight=empty(mlp.gate_proj, mlp.up_proj),
+                down_weight=empty(mlp.down_proj),
             )
 
     def fill(self, layer, use_adapter: bool) -> None:
         attn, mlp = layer.self_attn, layer.mlp
-        _write_rows(self.qkv, [merged_weight(m, use_adapter) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        _write_rows(self.qkv_weight, [merged_weight(m, use_adapter) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
         if self.qkv_bias is not None:
             _write_rows(self.qkv_bias, [base_layer(m).bias for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
-        self.out.copy_(merged_weight(attn.o_proj, use_adapter))
-        _write_rows(self.gate_up, [merged_weight(m, use_adapter) for m in (mlp.gate_proj, mlp.up_proj)])
-        self.down.copy_(merged_weight(mlp.down_proj, use_adapter))
+        self.out_weight.copy_(merged_weight(attn.o_proj, use_adapter))
+        _write_rows(self.gate_up_weight, [merged_weight(m, use_adapter) for m in (mlp.gate_proj, mlp.up_proj)])
+        self.down_weight.copy_(merged_weight(mlp.down_proj, use_adapter))
+
+
+class _Projection:
+    """One of the model's own 4-bit linear layers, called as it is (bitsandbytes' kernel; its batch-1
+    inference kernel for chat), with the LoRA adapter beside it: x A^T B^T times the adapter's scale
+    times `adapter_on` (a 0-d tensor: 1 fine-tuned, 0 base), so one CUDA graph serves both sides."""
+
+    def __init__(self, module, dtype, adapter_on: torch.Tensor):
+        self.base = base_layer(module)
+        self.adapter_on = adapter_on
+        self.lora: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        lora_a = getattr(module, "lora_A", None)
+        names = [n for n in getattr(module, "active_adapters", []) if lora_a is not None and n in lora_a]
+        if names:  # the first active adapter: the engine attaches one
+            name = names[0]
+            self.lora = (lora_a[name].weight.detach().to(dtype), module.lora_B[name].weight.detach().to(dtype),
+                         float(module.scaling[name]))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.lora is not None:
+            a, b, scale = self.lora
+            y = y + F.linear(F.linear(x, a), b) * (self.adapter_on * scale)
+        return y
+
+
+class _FourBitLayer:
+    """One decoder layer over the model's own 4-bit weights: no 16-bit copy, only the norms and the
+    adapter's small matrices in the decoder's precision."""
+
+    def __init__(self, layer, dtype, adapter_on: torch.Tensor):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn_norm = layer.input_layernorm.weight.detach().to(dtype)
+        self.mlp_norm = layer.post_attention_layernorm.weight.detach().to(dtype)
+        self.q, self.k, self.v, self.o = (_Projection(getattr(attn, n), dtype, adapter_on)
+                                          for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        self.gate, self.up, self.down_proj = (_Projection(getattr(mlp, n), dtype, adapter_on)
+                                              for n in ("gate_proj", "up_proj", "down_proj"))
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q(x), self.k(x), self.v(x)], dim=-1)
+
+    def out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o(x)
+
+    def gate_up(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.gate(x), self.up(x)], dim=-1)
+
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(x)
 
 
 # Weights of the loaded model: 4-bit or not, with a PEFT LoRA adapter or not ---------------------
@@ -380,23 +468,39 @@ def _decode_dtype(embed: torch.Tensor) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _fits(model: torch.nn.Module, capacity: int) -> bool:
-    """Whether a 16-bit copy of the layers and the cache fit in the GPU's free memory (always on CPU)."""
+def _weights_that_fit(model: torch.nn.Module, tokens: int) -> DecoderWeights | None:
+    """The fastest weights whose decoder fits in the GPU's free memory with a cache of `tokens` (all
+    rows together): the merged 16-bit copy, else the model's own 4-bit weights; None when neither fits.
+    On CPU always the copy (there bitsandbytes repacks 4-bit weights, which `unsupported_reason` turns down)."""
     inner = inner_model(model)
     if inner.model.embed_tokens.weight.device.type != "cuda":
-        return True
+        return "merged"
     config = inner.config
     layer = inner.model.layers[0]
-    numbers = sum(_out_features(m) * _in_features(m) for m in
-                  (*(getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")),
-                   *(getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))))
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    numbers += 2 * heads * head_dim * capacity  # keys and values
-    needed = 2 * numbers * len(inner.model.layers)
+    cache = 2 * 2 * heads * head_dim * tokens * len(inner.model.layers)  # keys and values, 16-bit
+    copy = 2 * len(inner.model.layers) * sum(
+        _out_features(m) * _in_features(m) for m in
+        (*(getattr(layer.self_attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")),
+         *(getattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))))
+    head = inner.lm_head.weight
+    head_copy = 0 if head.dtype in (torch.bfloat16, torch.float16) else 2 * head.numel()
     free, _ = torch.cuda.mem_get_info()
-    reusable = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
-    return needed + HEADROOM_BYTES < free + reusable
+    room = free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    four_bit = getattr(base_layer(layer.self_attn.q_proj).weight, "quant_state", None) is not None
+    return pick_weights(room, copy, cache + head_copy, four_bit)
+
+
+def pick_weights(room: int, copy_bytes: int, other_bytes: int, four_bit: bool) -> DecoderWeights | None:
+    """'merged' where the 16-bit copy and the rest (cache, a 16-bit lm_head) fit in `room` bytes with
+    `HEADROOM_BYTES` to spare; else '4bit' where the model's weights are 4-bit and the rest fits; else None."""
+    room -= HEADROOM_BYTES
+    if copy_bytes + other_bytes < room:
+        return "merged"
+    if four_bit and other_bytes < room:
+        return "4bit"
+    return None
 
 
 # Math -------------------------------------------------------------------------------------------

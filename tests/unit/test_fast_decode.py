@@ -4,9 +4,17 @@ import pytest
 import torch
 from conftest import quick_lora, trained_looking_adapter
 
-from finetune.generate.fast_decode import FastDecoder, Sampling, _next_token, decoder_for, unsupported_reason
+from finetune.config import ModelSettings
+from finetune.generate.fast_decode import (
+    FastDecoder,
+    Sampling,
+    _next_token,
+    decoder_for,
+    pick_weights,
+    unsupported_reason,
+)
 from finetune.generate.reply import GENERATE, GenerationSettings, generate_reply
-from finetune.models.adapters import attach_fresh_adapter
+from finetune.models.adapters import adapter_switched, attach_fresh_adapter
 
 QUESTION = "What is the antidote for heparin overdose?"
 
@@ -149,3 +157,38 @@ def test_sampling_rules_hold_row_by_row():
     assert _next_token(logits, Sampling(), nothing_seen).view(-1).tolist() == [1, 0]
     narrow = Sampling(temperature=1.0, top_p=0.01)
     assert _next_token(logits, narrow, nothing_seen).view(-1).tolist() == [1, 0]
+
+
+@pytest.mark.slow
+def test_over_4bit_weights_it_writes_what_generate_writes_base_and_finetuned():
+    """Where no 16-bit copy fits (Llama-8B on a 24 GB GPU), the decoder multiplies by the model's own
+    4-bit weights with the adapter beside them; switching sides flips the adapter, nothing is copied."""
+    from finetune.models.load import load_model
+
+    loaded = load_model(ModelSettings(load_in_4bit=True))
+    trained_looking_adapter(loaded, std=0.1)  # large enough to change the greedy answer
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the first-line treatment for community-acquired pneumonia?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"][0]
+    decoder = FastDecoder(model, capacity=128, weights="4bit")
+    assert "4-bit weights" in decoder.description
+    answers = {}
+    for use_adapter in (True, False):
+        decoder.load_weights(model, use_adapter)
+        with torch.inference_mode(), adapter_switched(loaded, use_adapter):
+            expected = model.generate(prompt.view(1, -1), max_new_tokens=24, do_sample=False)[0, prompt.numel():]
+        answers[use_adapter] = list(decoder.generate(prompt, 24, Sampling(), set()))
+        assert answers[use_adapter] == expected.tolist()
+    assert answers[True] != answers[False]  # the adapter counted on one side only
+
+
+@pytest.mark.parametrize("room_gb,four_bit,expected", [
+    (40, True, "merged"),  # room for the 16-bit copy: the fastest path
+    (9, True, "4bit"),  # Llama-8B's 14 GB copy does not fit; its 4-bit weights need only the cache
+    (9, False, None),  # a 16-bit model with no room for a second copy: generate
+    (1, True, None),  # not even the cache fits: generate
+])
+def test_the_decoder_that_fits_is_chosen(room_gb, four_bit, expected):
+    gb = 2**30
+    assert pick_weights(int(room_gb * gb), copy_bytes=14 * gb, other_bytes=int(0.4 * gb), four_bit=four_bit) == expected
