@@ -264,3 +264,30 @@ def test_a_batch_decoded_in_one_graph_writes_what_each_question_alone_writes():
     expected = [list(alone.generate(p, 48, Sampling(), set())) for p in prompts]
     assert together.generate_batch(prompts, 48, Sampling(), set()) == expected
     assert together.graph is not None  # the steps were graph replays
+
+
+def test_the_4bit_decoder_replays_one_graph_and_adds_only_its_cache(random_r1_model):
+    """Where no 16-bit copy fits, chat decodes over the model's own 4-bit weights: bitsandbytes' kernels
+    must capture into the CUDA graph (the replayed tokens are the eager ones), and the decoder must add
+    little beyond its KV cache."""
+    from finetune.config import LoraSettings, ModelSettings
+    from finetune.generate.fast_decode import FastDecoder, Sampling
+    from finetune.models.adapters import attach_fresh_adapter
+    from finetune.models.load import load_model
+
+    loaded = load_model(ModelSettings(str(random_r1_model), load_in_4bit=True))
+    attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
+    loaded.model.eval()
+    prompt = torch.randint(100, 150_000, (48,), generator=torch.Generator().manual_seed(0))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    graphed = FastDecoder(loaded.model, capacity=512, weights="4bit")
+    graphed.load_weights(loaded.model, use_adapter=True)
+    tokens = list(graphed.generate(prompt, 32, Sampling(), set()))
+    assert graphed.graph is not None and graphed.graph_error is None, graphed.graph_error
+    cache = graphed.k_cache.numel() * graphed.k_cache.element_size() * 2
+    assert torch.cuda.memory_allocated() - before < cache + 0.5 * 2**30
+    eager = FastDecoder(loaded.model, capacity=512, weights="4bit")
+    eager.graph_error = "eager on purpose"  # the same steps, run as they are
+    eager.load_weights(loaded.model, use_adapter=True)
+    assert list(eager.generate(prompt, 32, Sampling(), set())) == tokens
