@@ -272,6 +272,7 @@ def generate_answers(
     open_tag, close_tag = reasoning_tags(template)
     results: list[ItemResult] = []
     decoders = [] if decoders is None else decoders
+    rows = min(settings.batch_size, len(items))  # the fast decoder's batch: a last, smaller batch reuses it
     for start in range(0, len(items), settings.batch_size):
         if stop is not None and stop.is_set():
             break
@@ -280,7 +281,7 @@ def generate_answers(
         began = time.perf_counter()
         with loaded.lock, adapter_switched(loaded, use_adapter), torch.inference_mode():
             torch.manual_seed(settings.seed + start)
-            texts, decoder = _generate_batch(loaded, prompts, settings, use_adapter, stop, on_step)
+            texts, decoder = _generate_batch(loaded, prompts, settings, use_adapter, rows, stop, on_step)
             decoders.append(decoder)
         seconds = (time.perf_counter() - began) / len(batch)
         for offset, (item, prompt, text) in enumerate(zip(batch, prompts, texts, strict=True)):
@@ -307,9 +308,10 @@ def generate_answers(
 
 
 def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSettings, use_adapter: bool,
-                    stop: threading.Event | None,
+                    rows: int, stop: threading.Event | None,
                     on_step: Callable[[int, int], None] | None = None) -> tuple[list[str], str]:
-    """The answers to one batch of prompts, and which decoding path wrote them."""
+    """The answers to one batch of prompts, and which decoding path wrote them (the fast decoder: one of
+    `rows` rows, when the model allows and it fits)."""
     from transformers import StoppingCriteriaList  # heavy: this module is imported at the app's start
 
     tokenizer = loaded.tokenizer
@@ -320,9 +322,9 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
         tokenizer.padding_side = side
     check_room(loaded, inputs["input_ids"].shape[1], settings.max_new_tokens)
     decoder = None
-    if settings.fast:  # sized for the whole evaluation's batch, so a last, smaller batch reuses it
+    if settings.fast:
         tokens_needed = inputs["input_ids"].shape[1] + settings.max_new_tokens
-        decoder = decoder_for(loaded, use_adapter, tokens_needed, batch=settings.batch_size)
+        decoder = decoder_for(loaded, use_adapter, tokens_needed, batch=rows)
     if decoder is not None:
         # Each prompt without its left padding: the fast decoder reads each prompt on its own.
         unpadded = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]

@@ -2,6 +2,7 @@
 smoke run of `python -m bench` measures hf and ours in their own processes and prints the table.
 (Speed itself is measured by the benchmark, never asserted here.)"""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -50,7 +51,36 @@ def test_smoke_run_measures_each_variant_and_prints_the_table(tmp_path):
         assert "error" not in result, result
         assert result["tokens_per_s"] > 0 and len(result["losses"]) == 2 and result["backend"] == "hf"
     assert results[0]["recipe"]["micro_batch_size"] == 2 and results[1]["recipe"]["micro_batch_size"] == 8
-    assert done.stdout.splitlines()[-1].startswith("| ours | hf | 8x1 group_by_length |")
+    assert done.stdout.splitlines()[-1].startswith("| ours | hf | 8 x 1 group_by_length |")
+    assert "| vs hf |" in done.stdout  # no Unsloth to measure against on a CPU: the first variant
+
+
+def test_unsloth_at_its_best_is_the_seeds_recipe_at_eight_by_one():
+    """The anchor of every ratio: what an Unsloth user gets by setting the batch to the same 8 x 1."""
+    from bench.measure import seeds_recipe, variant_recipe
+
+    backend, best, lora = variant_recipe("unsloth-best")
+    _, seeds, seeds_lora = variant_recipe("unsloth")
+    assert backend == "unsloth" and (best.micro_batch_size, best.grad_accum_steps) == (8, 1)
+    assert dataclasses.replace(best, micro_batch_size=2, grad_accum_steps=4) == seeds == seeds_recipe()
+    assert lora == seeds_lora
+
+
+@pytest.mark.slow
+def test_eval_bench_writes_the_same_answers_both_ways_on_cpu(tmp_path):
+    """`python -m bench eval` on CPU: generate and the batched fast decoder, the answers compared."""
+    out = tmp_path / "eval.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "eval", "--model", "embedded", "--new-tokens", "8", "--rows", "3",
+         "--batch", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    hf, ours = json.loads(out.read_text())
+    assert (hf["variant"], ours["variant"]) == ("hf", "ours")
+    assert hf["sides"]["base"]["decoder"] == "transformers generate"
+    assert ours["sides"]["finetuned"]["decoder"].startswith("fast decoder") and ours["tokens"] > 0
+    assert ours["agreement"] == {"against": "hf", "same_answers": 6, "answers": 6, "mean_common_prefix": 1.0}
 
 
 @pytest.mark.slow
