@@ -17,6 +17,14 @@ from finetune.data.prompts import IGNORE_INDEX
 pytestmark = needs_shared(SHARED_SAMPLE)
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    """`python -m bench ARGS` from the project root; it must succeed."""
+    done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_workload_rows_follow_medical_o1_lengths_with_the_prompt_masked():
     from bench.workload import row_lengths, synthetic_dataset
 
@@ -39,12 +47,8 @@ def test_gpu_default_is_the_seeds_recipe_at_the_same_effective_batch():
 @pytest.mark.slow
 def test_smoke_run_measures_each_variant_and_prints_the_table(tmp_path):
     out = tmp_path / "train.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "train", "--model", "embedded", "--steps", "2", "--warmup", "1",
-         "--max-length", "96", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_bench("train", "--model", "embedded", "--steps", "2", "--warmup", "1", "--max-length", "96",
+                     "--out", str(out))
     results = json.loads(out.read_text())
     assert [r["variant"] for r in results] == ["hf", "ours"]  # no Unsloth without a GPU
     for result in results:
@@ -70,12 +74,7 @@ def test_unsloth_at_its_best_is_the_seeds_recipe_at_eight_by_one():
 def test_eval_bench_writes_the_same_answers_both_ways_on_cpu(tmp_path):
     """`python -m bench eval` on CPU: generate and the batched fast decoder, the answers compared."""
     out = tmp_path / "eval.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "eval", "--model", "embedded", "--new-tokens", "8", "--rows", "3",
-         "--batch", "2", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_bench("eval", "--model", "embedded", "--new-tokens", "8", "--rows", "3", "--batch", "2", "--out", str(out))
     hf, ours = json.loads(out.read_text())
     assert (hf["variant"], ours["variant"]) == ("hf", "ours")
     assert hf["sides"]["base"]["decoder"] == "transformers generate"
@@ -87,12 +86,7 @@ def test_eval_bench_writes_the_same_answers_both_ways_on_cpu(tmp_path):
 def test_learn_trains_the_demo_then_measures_base_and_fine_tuned_on_real_rows_it_never_saw(tmp_path):
     """A short `python -m bench learn`: the demo recipe for 4 steps, 4 real medical-o1 rows."""
     out = tmp_path / "learn.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "learn", "--train-steps", "4", "--eval-rows", "4", "--eval-new-tokens", "24",
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_bench("learn", "--train-steps", "4", "--eval-rows", "4", "--eval-new-tokens", "24", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["train"]["dataset"] == "clinical_vignettes.jsonl" and result["train"]["steps"] == 4
     assert result["eval"] == {**result["eval"], "source": SHARED_SAMPLE.name, "rows": 4, "shared_with_training": 0}
