@@ -93,8 +93,10 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batc
     if decoder is not None and (decoder.capacity < capacity or decoder.batch != batch):
         loaded.decoder = decoder = None  # free the old copy and cache before new ones are made
     if decoder is None:
+        if unsupported_reason(loaded.model) is not None:
+            return None
         weights = _weights_that_fit(loaded.model, capacity * batch)
-        if unsupported_reason(loaded.model) is not None or weights is None:
+        if weights is None:
             return None
         decoder = loaded.decoder = FastDecoder(loaded.model, capacity, batch=batch, weights=weights)
     decoder.load_weights(loaded.model, use_adapter)

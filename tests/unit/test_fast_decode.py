@@ -1,5 +1,7 @@
 """The fast decoder writes what transformers would, from the same weights, adapter on or off."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import quick_lora, trained_looking_adapter
@@ -106,6 +108,7 @@ def test_other_architectures_are_left_to_generate():
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=2))
     assert "gpt2" in unsupported_reason(model)
+    assert decoder_for(SimpleNamespace(model=model, decoder=None), True, 64) is None  # chat and eval use generate
 
 
 def test_sampling_rules():
