@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench.measure import _device_name, _peak_gb, _perturb_adapter
+from bench.measure import device_name, peak_gb, perturb_adapter
 from bench.workload import medical_o1_file
 from finetune.config import LoraSettings
 from finetune.evaluate.heldout import EvalSettings, generate_answers, load_eval_items
@@ -41,7 +41,7 @@ def prepare_for_answers(loaded: LoadedModel, variant: str) -> None:
 def run_answers(loaded: LoadedModel, variant: str, model: str, new_tokens: int, rows: int, batch: int) -> dict:
     torch.manual_seed(0)  # the same adapter in every variant's process, so the greedy texts can agree
     attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
-    _perturb_adapter(loaded.model)
+    perturb_adapter(loaded.model)
     prepare_for_answers(loaded, variant)
     items = load_eval_items(str(medical_o1_file()), limit=rows)
     settings = EvalSettings(max_new_tokens=new_tokens, batch_size=batch, temperature=0.0, fast=variant == "ours")
@@ -60,9 +60,9 @@ def run_answers(loaded: LoadedModel, variant: str, model: str, new_tokens: int, 
     seconds = sum(s["seconds"] for s in sides.values())
     tokens = sum(s["tokens"] for s in sides.values())
     return {"bench": "eval", "variant": variant, "backend": loaded.info.backend, "model": model,
-            "device": _device_name(), "rows": len(items), "batch": batch, "new_tokens": new_tokens,
+            "device": device_name(), "rows": len(items), "batch": batch, "new_tokens": new_tokens,
             "seconds": round(seconds, 2), "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-            "peak_memory_gb": _peak_gb(), "sides": sides}
+            "peak_memory_gb": peak_gb(), "sides": sides}
 
 
 def warm_up(loaded: LoadedModel, items, settings: EvalSettings) -> None:

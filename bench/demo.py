@@ -22,7 +22,7 @@ import time
 import torch
 
 from bench.answers import prepare_for_answers
-from bench.measure import _device_name, _peak_gb, _recipe, load, variant_recipe
+from bench.measure import device_name, load, peak_gb, recipe_summary, variant_recipe
 from finetune.config import DataSettings
 from finetune.data.prompts import prepare_dataset
 from finetune.evaluate.heldout import EvalSettings, evaluate
@@ -65,9 +65,9 @@ def run_demo(variant: str, model: str, steps: int, new_tokens: int) -> dict:
     report = evaluate(loaded, heldout, settings)
     phase("evaluate")
     return {"bench": "demo", "variant": variant, "backend": loaded.info.backend, "model": model,
-            "device": _device_name(), "recipe": _recipe(train, lora, MAX_LENGTH), "steps": steps,
+            "device": device_name(), "recipe": recipe_summary(train, lora, MAX_LENGTH), "steps": steps,
             "train_rows": len(data.rows), "held_out_rows": len(heldout), "new_tokens": new_tokens,
-            "wall_s": round(time.perf_counter() - started, 2), "phases_s": phases, "peak_memory_gb": _peak_gb(),
+            "wall_s": round(time.perf_counter() - started, 2), "phases_s": phases, "peak_memory_gb": peak_gb(),
             "final_loss": round(job.metrics[-1]["loss"], 4),
             "heldout_loss": {side: report.metrics[side]["heldout_loss"] for side in report.metrics},
             "decoder": {side: report.metrics[side]["decoder"] for side in report.metrics}}

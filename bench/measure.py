@@ -12,7 +12,6 @@ Variants:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ import torch
 from bench.workload import medical_o1_file, model_folder, synthetic_dataset
 from finetune.config import DataSettings, LoraSettings, ModelSettings, TrainSettings, lora_for_device
 from finetune.data.prompts import prepare_dataset
-from finetune.generate.fast_decode import CAPACITY_STEP, FastDecoder, Sampling, decoder_for
+from finetune.generate.fast_decode import FastDecoder, Sampling, decoder_for
 from finetune.models.adapters import attach_fresh_adapter
 from finetune.models.backend import default_device as device
 from finetune.models.load import LoadedModel, load_model
@@ -101,13 +100,13 @@ def run_train(variant: str, model: str, steps: int, warmup: int, max_length: int
         "variant": variant,
         "backend": loaded.info.backend,
         "model": model,
-        "device": _device_name(),
-        "recipe": _recipe(train, lora, max_length),
+        "device": device_name(),
+        "recipe": recipe_summary(train, lora, max_length),
         "steps": steps,
         "warmup_steps": warmup,
         "tokens_per_s": round((last["tokens"] - before["tokens"]) / seconds, 1),
         "s_per_step": round(seconds / (steps - warmup), 3),
-        "peak_memory_gb": _peak_gb(),
+        "peak_memory_gb": peak_gb(),
         "load_s": loaded.info.load_seconds,
         "fp8_matmuls": job.result["fp8_matmuls"],
         "losses": [m["loss"] for m in job.metrics],
@@ -141,9 +140,9 @@ def run_curve(variant: str, model: str, steps: int, seed: int, max_length: int) 
         "variant": variant,
         "backend": loaded.info.backend,
         "model": model,
-        "device": _device_name(),
+        "device": device_name(),
         "seed": seed,
-        "recipe": _recipe(train, lora, max_length),
+        "recipe": recipe_summary(train, lora, max_length),
         "steps": steps,
         "train_rows": len(data.rows),
         "held_out_rows": len(held_out),
@@ -164,7 +163,7 @@ def _held_out_loss(model, rows) -> float:
     return sum(losses) / len(losses)
 
 
-def _recipe(train: TrainSettings, lora: LoraSettings, max_length: int) -> dict:
+def recipe_summary(train: TrainSettings, lora: LoraSettings, max_length: int) -> dict:
     return {
         "micro_batch_size": train.micro_batch_size,
         "grad_accum_steps": train.grad_accum_steps,
@@ -200,7 +199,7 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
     """
     loaded = load(variant, model, 2048)
     attach_fresh_adapter(loaded, LoraSettings(gradient_checkpointing=False))
-    _perturb_adapter(loaded.model)
+    perturb_adapter(loaded.model)
     model_ = loaded.model
     model_.eval()
     if loaded.info.backend == "unsloth":
@@ -211,7 +210,7 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
     prompt = torch.randint(100, model_.config.vocab_size, (1, prompt_tokens), generator=generator)
     prompt = prompt.to(model_.device)
     result = {"bench": "chat", "variant": variant, "backend": loaded.info.backend, "model": model,
-              "device": _device_name(), "decoder": "transformers generate"}
+              "device": device_name(), "decoder": "transformers generate"}
     with torch.inference_mode():
         if variant == "ours":
             times, extra = _ours_decode(loaded, prompt, new_tokens)
@@ -219,7 +218,7 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
         else:
             times = _generate_decode(loaded, prompt, new_tokens)
     return {
-        "peak_memory_gb": _peak_gb(),  # ours: measured before its float32 accuracy reference is built
+        "peak_memory_gb": peak_gb(),  # ours: measured before its float32 accuracy reference is built
         **result,
         "new_tokens": len(times) - 1,
         "first_token_s": round(times[1] - times[0], 4),
@@ -227,7 +226,7 @@ def run_chat(variant: str, model: str, new_tokens: int, prompt_tokens: int = 64)
     }
 
 
-def _perturb_adapter(model) -> None:
+def perturb_adapter(model) -> None:
     """A fresh adapter's B is zero; make it count, as a trained one does."""
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -251,10 +250,8 @@ def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> 
     BENCH_DECODER=4bit measures the decoder over the model's own 4-bit weights, which the engine picks
     where no 16-bit copy fits (e.g. Llama-8B on a 24 GB GPU), on any GPU."""
     started = time.perf_counter()
-    if os.environ.get("BENCH_DECODER") == "4bit":
-        loaded.decoder = FastDecoder(loaded.model, CAPACITY_STEP * math.ceil((prompt.shape[1] + new_tokens)
-                                                                             / CAPACITY_STEP), weights="4bit")
-    decoder = decoder_for(loaded, True, prompt.shape[1] + new_tokens)
+    weights = "4bit" if os.environ.get("BENCH_DECODER") == "4bit" else None
+    decoder = decoder_for(loaded, True, prompt.shape[1] + new_tokens, weights=weights)
     if decoder is None:
         return _generate_decode(loaded, prompt, new_tokens), {}
     greedy, no_eos = Sampling(), set()
@@ -263,7 +260,7 @@ def _ours_decode(loaded: LoadedModel, prompt: torch.Tensor, new_tokens: int) -> 
     times = [time.perf_counter()]
     for _ in decoder.generate(prompt[0], new_tokens, greedy, no_eos):
         times.append(time.perf_counter())
-    return times, {"decoder": decoder.description, "build_s": round(built, 2), "peak_memory_gb": _peak_gb(),
+    return times, {"decoder": decoder.description, "build_s": round(built, 2), "peak_memory_gb": peak_gb(),
                    **_logits_errors(loaded, decoder, prompt)}
 
 
@@ -293,11 +290,11 @@ def _logits_errors(loaded: LoadedModel, decoder, prompt: torch.Tensor, steps: in
     return {"logits_error_ours": error(ours), "logits_error_model": error(model_logits)}
 
 
-def _device_name() -> str:
+def device_name() -> str:
     if device() == "cuda":
         return torch.cuda.get_device_name()
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def _peak_gb() -> float | None:
+def peak_gb() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device() == "cuda" else None

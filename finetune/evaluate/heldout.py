@@ -328,7 +328,7 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], settings: EvalSetti
     if decoder is not None:
         # Each prompt without its left padding: the fast decoder reads each prompt on its own.
         unpadded = [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
-        sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 1.0)
+        sampling = Sampling(settings.temperature, settings.top_p)
         answers = decoder.generate_batch(unpadded, settings.max_new_tokens, sampling, set(_end_ids(loaded)),
                                          stop, on_step)
         texts = tokenizer.batch_decode(answers, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -79,10 +79,12 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     return None
 
 
-def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batch: int = 1) -> FastDecoder | None:
+def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batch: int = 1,
+                weights: DecoderWeights | None = None) -> FastDecoder | None:
     """The loaded model's fast decoder for `batch` sequences of up to `tokens_needed` tokens each, holding
-    the base (adapter off) or fine-tuned weights; None when this model cannot use one or the GPU has no
-    room for a 16-bit copy and the cache (the caller then uses `generate`).
+    the base (adapter off) or fine-tuned weights; None when this model cannot use one or the GPU has room
+    for neither decoder (the caller then uses `generate`). `weights`: which decoder, where it is not the
+    fastest that fits (a benchmark of the 4-bit one).
 
     The decoder lives on `loaded.decoder` until the adapter changes (see `finetune.models.adapters`) or a
     training run starts, which drop it to give training the memory. One decoder at a time: chat's
@@ -90,12 +92,13 @@ def decoder_for(loaded: LoadedModel, use_adapter: bool, tokens_needed: int, batc
     """
     decoder = loaded.decoder
     capacity = CAPACITY_STEP * math.ceil(tokens_needed / CAPACITY_STEP)
-    if decoder is not None and (decoder.capacity < capacity or decoder.batch != batch):
+    if decoder is not None and (decoder.capacity < capacity or decoder.batch != batch
+                                or weights not in (None, decoder.weights)):
         loaded.decoder = decoder = None  # free the old copy and cache before new ones are made
     if decoder is None:
         if unsupported_reason(loaded.model) is not None:
             return None
-        weights = _weights_that_fit(loaded.model, capacity * batch)
+        weights = weights or _weights_that_fit(loaded.model, capacity * batch)
         if weights is None:
             return None
         decoder = loaded.decoder = FastDecoder(loaded.model, capacity, batch=batch, weights=weights)
@@ -270,8 +273,10 @@ class FastDecoder:
         """Yield new token ids until an end-of-sequence token (yielded too), the limit, or `stop`."""
         max_new_tokens = min(max_new_tokens, self.capacity - prompt.numel())
         with torch.inference_mode():
-            seen = torch.zeros(self.embed.shape[0], dtype=torch.bool, device=self.device)
-            seen[prompt.to(self.device)] = True
+            seen = None
+            if sampling.repetition_penalty != 1.0:  # the tokens seen so far, which the penalty lowers
+                seen = torch.zeros(self.embed.shape[0], dtype=torch.bool, device=self.device)
+                seen[prompt.to(self.device)] = True
             logits = self.prefill(prompt)
             for offset in range(max_new_tokens):
                 token = _next_token(logits, sampling, seen)
@@ -279,7 +284,8 @@ class FastDecoder:
                 yield token_id
                 if token_id in eos_token_ids or (stop is not None and stop.is_set()):
                     return
-                seen[token] = True
+                if seen is not None:
+                    seen[token] = True
                 logits = self.step(token, prompt.numel() + offset)
 
     def generate_batch(
@@ -301,12 +307,13 @@ class FastDecoder:
         max_new_tokens = min(max_new_tokens, self.capacity - longest)
         with torch.inference_mode():
             lengths = torch.tensor([p.numel() for p in prompts], device=self.device)
-            seen = torch.zeros((count, self.embed.shape[0]), dtype=torch.bool, device=self.device)
-            logits = []
-            for row, prompt in enumerate(prompts):
-                seen[row, prompt.to(self.device)] = True
-                logits.append(self.prefill(prompt, row))
-            logits = torch.stack(logits)
+            rows = torch.arange(count, device=self.device)
+            seen = None
+            if sampling.repetition_penalty != 1.0:  # the tokens each row has seen, which the penalty lowers
+                seen = torch.zeros((count, self.embed.shape[0]), dtype=torch.bool, device=self.device)
+                for row, prompt in enumerate(prompts):
+                    seen[row, prompt.to(self.device)] = True
+            logits = torch.stack([self.prefill(prompt, row) for row, prompt in enumerate(prompts)])
             ends = torch.tensor(sorted(eos_token_ids), device=self.device, dtype=torch.long)
             ended = torch.zeros(count, dtype=torch.bool, device=self.device)
             written: list[torch.Tensor] = []
@@ -326,7 +333,8 @@ class FastDecoder:
                     on_step(offset + 1, tokens_written)
                 if not still_open or (stop is not None and stop.is_set()) or offset + 1 == max_new_tokens:
                     break
-                seen[torch.arange(count, device=self.device), tokens] = True
+                if seen is not None:
+                    seen[rows, tokens] = True
                 step_tokens[:count], step_positions[:count] = tokens, lengths + offset
                 logits = self.step_rows(step_tokens, step_positions)[:count]
             table = torch.stack(written, dim=1).tolist() if written else [[] for _ in prompts]
@@ -531,9 +539,10 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
-def _next_token(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor) -> torch.Tensor:
+def _next_token(logits: torch.Tensor, sampling: Sampling, seen: torch.Tensor | None) -> torch.Tensor:
     """Repetition penalty, then greedy or temperature and nucleus (top-p) sampling, over the last
-    dimension: (vocab,) logits give a 1-element tensor, (rows, vocab) a (rows, 1) one."""
+    dimension: (vocab,) logits give a 1-element tensor, (rows, vocab) a (rows, 1) one. `seen`: the
+    tokens the penalty applies to (None where there is no penalty)."""
     if sampling.repetition_penalty != 1.0:
         penalized = torch.where(logits > 0, logits / sampling.repetition_penalty,
                                 logits * sampling.repetition_penalty)
